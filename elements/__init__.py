@@ -1,0 +1,1 @@
+"""The official JitPay element library: one folder per fullName (``elements/pays/services/PaySvc/``)."""

@@ -1,0 +1,136 @@
+"""``pays.Meta``: the provider contract every payment Type implements.
+
+``PaySvc`` knows providers only through :class:`PayProvider`. A provider (Alipay, WeChat Pay, a third party's plugin)
+turns an order into a payment the buyer can make, asks the provider about a trade, closes and refunds trades, and
+verifies and parses the provider's asynchronous notifications. It never touches the order table: it reports facts
+(:class:`TradeState`), and ``PaySvc`` applies them through the order life cycle.
+
+Money crosses this boundary as :class:`~decimal.Decimal` yuan with two places; each provider converts to its own wire
+format (Alipay: ``"99.99"``; WeChat Pay: integer fen).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, ClassVar, Literal, Mapping
+
+from jitcore.element import Element
+
+TradeStatus = Literal["pending", "success", "failed", "closed", "refunded"]
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """What a provider may know about an order."""
+
+    orderId: str
+    subject: str
+    amount: Decimal  # yuan, exactly two places
+    createdAt: datetime
+
+
+@dataclass(frozen=True)
+class PaymentPrep:
+    """A payment the buyer can make: ``payUrl`` (QR content for ``pc``, a link for ``mobile``/``page``), ``qrCode``
+    (a ``data:image/png;base64,...`` URI when the payType is scanned), and until when it stays valid (``expiresAt``,
+    aware UTC; ``None`` when the provider gives no validity, then it is never reused)."""
+
+    payUrl: str
+    qrCode: str | None = None
+    expiresAt: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TradeState:
+    """What the provider says about the trade of one order, from a query or a verified notification.
+
+    ``paidAmount`` is what the buyer paid (for ``success``), checked by ``PaySvc`` against the order before anything
+    changes. ``raw`` is the provider's payload, kept in the audit record."""
+
+    orderId: str
+    status: TradeStatus
+    tradeNo: str | None = None
+    paidAmount: Decimal | None = None
+    payTime: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    """The provider accepted a refund (``refundNo`` is its reference, when it gives one)."""
+
+    refundId: str
+    amount: Decimal
+    refundNo: str | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NotifyReply:
+    """The exact HTTP body a provider expects in answer to its notification."""
+
+    body: bytes
+    mediaType: str
+    status: int = 200
+
+
+class PayProvider(Element):
+    """The provider contract (``pays.Meta``). Subclasses implement every method; each raises
+    :class:`elements.pays.errors.ProviderError` when the provider cannot be reached or refuses, and
+    :class:`~elements.pays.errors.SignatureInvalid` / :class:`~elements.pays.errors.NotifyInvalid` for a bad
+    notification."""
+
+    #: payTypes this provider supports, e.g. ``("pc", "mobile", "page")``.
+    payTypes: ClassVar[tuple[str, ...]] = ()
+    #: short provider name recorded on orders and audit rows, e.g. ``"alipay"``.
+    providerName: ClassVar[str] = ""
+
+    def prepare(self, order: OrderView, payType: str, *, clientIp: str | None = None) -> PaymentPrep:
+        """Create (or sign) a payment for ``order`` of kind ``payType`` (one of :attr:`payTypes`)."""
+        raise NotImplementedError
+
+    def query(self, order: OrderView) -> TradeState:
+        """Ask the provider about the order's trade. A trade the provider does not know yet is ``pending``."""
+        raise NotImplementedError
+
+    def close(self, order: OrderView) -> None:
+        """Close the unpaid trade at the provider so it can no longer be paid. Closing a trade the provider does not
+        know is not an error."""
+        raise NotImplementedError
+
+    def refund(self, order: OrderView, refundId: str, amount: Decimal, totalRefunded: Decimal,
+               reason: str | None = None) -> RefundResult:
+        """Refund ``amount`` of the paid order, idempotent per ``refundId`` (the same id never refunds twice).
+        ``totalRefunded`` is the sum of all refunds including this one."""
+        raise NotImplementedError
+
+    def parse_notify_body(self, body: bytes, contentType: str | None = None) -> dict[str, str]:
+        """Turn the raw HTTP body of a notification into the provider's field dict, exactly as received (no
+        re-encoding). Raises ``NotifyInvalid`` for a body that cannot be parsed safely."""
+        raise NotImplementedError
+
+    def verify_notify(self, fields: Mapping[str, Any]) -> TradeState:
+        """Verify a notification's signature and that it is addressed to this merchant (app id, merchant id, seller),
+        then return the trade state it reports. Raises ``SignatureInvalid`` or ``NotifyInvalid``; never changes
+        anything."""
+        raise NotImplementedError
+
+    def notify_reply(self, ok: bool, message: str = "") -> NotifyReply:
+        """The answer the provider expects: ``ok`` stops its retries; otherwise it will notify again."""
+        raise NotImplementedError
+
+    # -- helpers shared by providers ------------------------------------------------------------------------------
+    @staticmethod
+    def qr_data_uri(content: str) -> str:
+        """A PNG QR code of ``content`` as a ``data:image/png;base64,...`` URI."""
+        import io
+
+        import segno
+
+        buffer = io.BytesIO()
+        segno.make(content, error="m").save(buffer, kind="png", scale=6, border=2)
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

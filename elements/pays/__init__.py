@@ -1,0 +1,2 @@
+"""The payment library: ``pays.Meta`` (the provider contract), the Alipay and WeChat Pay providers, and
+``pays.services.PaySvc``."""

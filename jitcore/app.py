@@ -1,0 +1,195 @@
+"""The App: a loaded app YAML with its plugin layers, element index, loaded elements and database engine."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from jitcore.config import AppModel, load_app_model
+from jitcore.defines import ElementDefine
+from jitcore.element import Element
+from jitcore.errors import ConfigError, ElementNotFound
+from jitcore.index import ElementIndex
+from jitcore.loading import element_class
+from jitcore.plugins import Layer, build_plugin_manager
+from jitcore.proxy import ElementProxy
+
+
+class App:
+    """A loaded app. Build one with :func:`jitcore.load_app`."""
+
+    def __init__(self, model: AppModel, path: Path) -> None:
+        self.model = model
+        self.path = path
+        self.root = path.parent
+        self.appId = model.appId
+        self.title = model.title or model.appId
+        self.baseUrl = model.baseUrl
+        self.settings: dict[str, Any] = model.settings
+        self.database_url = database_url(model, self.root)
+        self._lock = threading.RLock()
+        self._elements: dict[str, Element] = {}
+        self._proxies: dict[str, ElementProxy] = {}
+        self._loading: list[str] = []
+        self._engine: Any = None
+        self.pm: pluggy.PluginManager
+        self.layers: list[Layer]
+        self.pm, self.layers = build_plugin_manager(self)
+        self.hook = self.pm.hook
+        self.index = ElementIndex(self, self.layers)
+
+    # -- elements ---------------------------------------------------------------------------------------------------
+    def getDefine(self, fullName: str) -> ElementDefine:
+        """The effective definition of ``fullName`` (through ``jit_resolve_element``)."""
+        define = self.hook.jit_resolve_element(app=self, fullName=fullName)
+        if define is None:
+            raise self.index.not_found(fullName)
+        return define
+
+    def getElement(self, fullName: str) -> ElementProxy:
+        """The element ``fullName`` as callers see it: its declared functions, each call checked. Cached; loads the
+        element once even when threads ask at the same time. An unknown name is :class:`ElementNotFound` with close
+        matches; a ``private`` element of another layer is not visible."""
+        proxy = self._proxies.get(fullName)
+        if proxy is not None:
+            return proxy
+        with self._lock:
+            proxy = self._proxies.get(fullName)
+            if proxy is None:
+                define = self.getDefine(fullName)
+                if define.accessModifier == "private" and define.layer != "app":
+                    raise ElementNotFound(f"{fullName} is private to layer {define.layer}",
+                                          details={"fullName": fullName})
+                proxy = ElementProxy(self.loadElement(fullName), define)
+                self._proxies[fullName] = proxy
+            return proxy
+
+    def loadElement(self, fullName: str) -> Element:
+        """The live object of ``fullName`` (unchecked: for elements talking to each other). Loaded once, by its
+        class's loader (``jit_load``)."""
+        element = self._elements.get(fullName)
+        if element is not None:
+            return element
+        with self._lock:
+            element = self._elements.get(fullName)
+            if element is not None:
+                return element
+            if fullName in self._loading:
+                raise ConfigError(f"elements load each other in a cycle: {' -> '.join(self._loading + [fullName])}")
+            self._loading.append(fullName)
+            try:
+                define = self.getDefine(fullName)
+                element = self.classOf(define).jit_load(self, define)
+            finally:
+                self._loading.remove(fullName)
+            self._elements[fullName] = element
+            return element
+
+    def classOf(self, define: ElementDefine) -> type[Element]:
+        """The Python class of an element (its own, its override's, or its type's)."""
+        type_class = self.classOf(self.getDefine(define.type)) if define.type else None
+        return element_class(define, type_class)
+
+    def elementNames(self) -> list[str]:
+        """Every fullName any layer defines."""
+        return self.index.names()
+
+    def isA(self, fullName: str, ancestor: str) -> bool:
+        """Whether ``ancestor`` is ``fullName`` or on its chain of types."""
+        name: str | None = fullName
+        while name:
+            if name == ancestor:
+                return True
+            name = self.getDefine(name).type
+        return False
+
+    def check(self) -> None:
+        """Resolve every definition and check the classes the app itself names, so that mistakes surface at load."""
+        for name in self.elementNames():
+            define = self.getDefine(name)
+            if define.layer == "app" or any(s.layer.startswith("app") for s in define.sources):
+                self.classOf(define)
+
+    # -- database ---------------------------------------------------------------------------------------------------
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine of ``database`` (created on first use; SQLite in WAL mode)."""
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    self._engine = create_engine(self.database_url)
+        return self._engine
+
+    def close(self) -> None:
+        """Release the database connections."""
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def __repr__(self) -> str:
+        return f"<App {self.appId} from {self.path}>"
+
+
+def database_url(model: AppModel, root: Path) -> str:
+    """The app's database URL: an embedded SQLite file beside the YAML by default; a relative SQLite path is
+    relative to the YAML."""
+    from sqlalchemy.engine import make_url
+
+    if not model.database:
+        return f"sqlite:///{(root / (model.appId + '.db')).as_posix()}"
+    try:
+        url = make_url(model.database)
+    except Exception:
+        raise ConfigError("database: not a valid SQLAlchemy URL (e.g. sqlite:///shop.db or "
+                          "postgresql+psycopg://user@host/db)") from None
+    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
+        path = Path(url.database)
+        if not path.is_absolute():
+            return url.set(database=(root / path).as_posix()).render_as_string(hide_password=False)
+    return model.database
+
+
+def create_engine(url: str) -> Any:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and foreign keys on every connection."""
+    from sqlalchemy import create_engine as sa_create_engine
+    from sqlalchemy import event
+
+    if url.startswith("sqlite"):
+        engine = sa_create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # let SQLAlchemy's BEGIN open the transaction explicitly (pysqlite's own handling defers it)
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa_create_engine(url, pool_pre_ping=True)
+
+
+def load_app(path: str | Path) -> App:
+    """Load an app YAML: validate it, resolve ``$env``/``$file``, register the plugin layers and check every element
+    definition. Raises :class:`jitcore.errors.ConfigError` with the key's path and a hint."""
+    path = Path(path).resolve()
+    model = load_app_model(path)
+    root = str(path.parent)
+    if root not in sys.path:
+        # the app's own plugins and classes are modules beside its YAML
+        sys.path.insert(0, root)
+    app = App(model, path)
+    app.check()
+    app.hook.jit_app_loaded(app=app)
+    return app
