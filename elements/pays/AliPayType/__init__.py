@@ -1,0 +1,335 @@
+"""``pays.AliPayType``: the Alipay Open API provider (RSA2).
+
+Configuration (``self.config``, checked at load by :meth:`AliPayType.jit_setup`):
+
+``appId``
+    the merchant app's id at Alipay.
+``privateKey``
+    the app's RSA private key (PEM, PKCS#1 or PKCS#8, or the bare base64 body); signs requests.
+``alipayPublicKey``
+    *Alipay's* public key (PEM or the bare base64 body the console shows), not the app's; verifies responses and
+    notifications.
+``gateway``
+    URL of ``gateway.do`` (default production; the sandbox plugin serves one at ``/sandbox/alipay/gateway.do``).
+``notifyUrl``
+    where Alipay posts notifications; default ``{baseUrl}/api/{appId}/pays/services/PaySvc/alipayNotify``.
+``returnUrl``
+    optional: where the buyer's browser goes after paying (``mobile``/``page``).
+``sellerId``
+    optional: the merchant's Alipay user id (``2088...``); when set, notifications for another seller are refused.
+``timeout``
+    seconds per gateway call (default 10).
+``payTimeoutMinutes``
+    how long a trade can be paid, sent as ``timeout_express`` (default 120, Alipay's own default for a QR code).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, ClassVar, Mapping
+from urllib.parse import parse_qsl, urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from elements.pays.errors import (AmountInvalid, NotifyInvalid, ProviderError, RefundInvalid, SignatureInvalid,
+                                  UnsupportedPayType)
+from elements.pays.Meta import NotifyReply, OrderView, PaymentPrep, PayProvider, RefundResult, TradeState
+from jitcore.errors import ConfigError
+
+from .gateway import AlipayGateway, format_amount, parse_amount, parse_beijing_time
+from .signing import KeyFormatError, load_rsa_key, public_key_fingerprint, verify_notify_signature
+
+__all__ = ["AliPayType"]
+
+#: Alipay's ``trade_status`` → our trade status
+TRADE_STATUS = {
+    "WAIT_BUYER_PAY": "pending",
+    "TRADE_SUCCESS": "success",
+    "TRADE_FINISHED": "success",
+    "TRADE_CLOSED": "closed",
+}
+TRADE_NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
+MIN_AMOUNT = Decimal("0.01")
+MAX_AMOUNT = Decimal("100000000.00")
+#: cap on the number of fields in a notification body
+MAX_NOTIFY_FIELDS = 200
+
+
+class AliPayType(PayProvider):
+    """Alipay: ``pc`` (face-to-face QR code via ``alipay.trade.precreate``), ``mobile`` (``alipay.trade.wap.pay``
+    link) and ``page`` (``alipay.trade.page.pay`` link)."""
+
+    providerName: ClassVar[str] = "alipay"
+    payTypes: ClassVar[tuple[str, ...]] = ("pc", "mobile", "page")
+
+    appId: str
+    notifyUrl: str
+    returnUrl: str | None
+    sellerId: str | None
+    gateway: AlipayGateway
+
+    # -- load -------------------------------------------------------------------------------------------------------
+    def jit_setup(self) -> None:
+        """Check the config (see the module docstring) and build the gateway client. A missing or malformed value is
+        a :class:`ConfigError` naming the element and the key, never showing a key's content."""
+        config = self.config or {}
+        self.appId = self._text(config, "appId", required=True)  # type: ignore[assignment]
+        private_key = self._key(config, "privateKey")
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise self._config_error("privateKey", "holds a public key; it must be the app's RSA private key "
+                                     "(the one whose public half you uploaded to Alipay)")
+        alipay_key = self._key(config, "alipayPublicKey")
+        if isinstance(alipay_key, rsa.RSAPrivateKey):
+            raise self._config_error("alipayPublicKey", "holds a private key; it must be Alipay's public key "
+                                     "(shown in the Alipay console), never a private key")
+        if public_key_fingerprint(alipay_key) == public_key_fingerprint(private_key):
+            raise self._config_error("alipayPublicKey", "is the app's own public key; it must be Alipay's public key "
+                                     "(the console shows both: take the one labelled Alipay public key)")
+        if private_key.key_size < 2048:
+            raise self._config_error("privateKey", f"is a {private_key.key_size}-bit key; RSA2 needs 2048 bits")
+        gateway_url = self._url(config, "gateway", required=True)
+
+        notify_url = self._url(config, "notifyUrl", required=False)
+        if not notify_url:
+            base_url = getattr(self.app, "baseUrl", None)
+            if not base_url:
+                raise self._config_error("notifyUrl", "is not set and the app has no baseUrl to build it from; set "
+                                         "the app's baseUrl (its public URL) or notifyUrl")
+            notify_url = f"{str(base_url).rstrip('/')}/api/{self.app.appId}/pays/services/PaySvc/alipayNotify"
+        self.notifyUrl = notify_url
+        self.returnUrl = self._url(config, "returnUrl", required=False)
+        self.sellerId = self._text(config, "sellerId", required=False)
+        timeout = self._number(config, "timeout", default=10, low=0.1, high=300)
+        self.payTimeoutMinutes = int(self._number(config, "payTimeoutMinutes", default=120, low=1, high=21600,
+                                                  integer=True))
+        self.gateway = AlipayGateway(app_id=self.appId, private_key=private_key, alipay_public_key=alipay_key,
+                                     gateway=gateway_url, timeout=timeout)
+        self._alipay_public_key = alipay_key
+
+    def _config_error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.fullName}: config {key} {problem}", details={"element": self.fullName, "key": key})
+
+    def _text(self, config: Mapping[str, Any], key: str, *, required: bool) -> str | None:
+        value = config.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if required:
+                raise self._config_error(key, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise self._config_error(key, "must be text")
+        return str(value).strip()
+
+    def _url(self, config: Mapping[str, Any], key: str, *, required: bool) -> str | None:
+        value = self._text(config, key, required=required)
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in value):
+            raise self._config_error(key, "must be an http(s) URL")
+        return value
+
+    def _key(self, config: Mapping[str, Any], key: str) -> Any:
+        value = config.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise self._config_error(key, "is required (PEM or base64; give it with {$file: ...} or {$env: ...})")
+        if not isinstance(value, (str, bytes)):
+            raise self._config_error(key, "must be PEM or base64 text")
+        try:
+            return load_rsa_key(value)
+        except KeyFormatError as exc:
+            raise self._config_error(key, f"is not a usable key: {exc}") from None
+
+    def _number(self, config: Mapping[str, Any], key: str, *, default: float, low: float, high: float,
+                integer: bool = False) -> float:
+        value = config.get(key, default)
+        if value is None:
+            value = default
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+        except (TypeError, ValueError):
+            raise self._config_error(key, "must be a number") from None
+        if not math.isfinite(number) or not low <= number <= high or (integer and number != int(number)):
+            raise self._config_error(key, f"must be {'a whole number ' if integer else ''}between {low:g} and "
+                                     f"{high:g}")
+        return number
+
+    # -- the provider contract --------------------------------------------------------------------------------------
+    def prepare(self, order: OrderView, payType: str, *, clientIp: str | None = None) -> PaymentPrep:
+        """``pc``: create a face-to-face trade (``alipay.trade.precreate``) and return its QR content and image;
+        ``mobile``/``page``: the signed ``alipay.trade.wap.pay``/``alipay.trade.page.pay`` URL (no call is made;
+        ``expiresAt`` is ``None``, so the link is signed afresh each time)."""
+        if payType not in self.payTypes:
+            raise UnsupportedPayType(f"{self.fullName} supports payTypes {', '.join(self.payTypes)}, not {payType!r}",
+                                     details={"payType": payType, "supported": list(self.payTypes)})
+        biz: dict[str, Any] = {
+            "out_trade_no": order.orderId,
+            "total_amount": self._amount(order.amount),
+            "subject": order.subject,
+            "timeout_express": f"{self.payTimeoutMinutes}m",
+        }
+        if payType == "pc":
+            biz["product_code"] = "FACE_TO_FACE_PAYMENT"
+            started = datetime.now(timezone.utc)
+            content = self.gateway.call("alipay.trade.precreate", biz, notify_url=self.notifyUrl)
+            qr_code = content.get("qr_code")
+            if not isinstance(qr_code, str) or not qr_code:
+                raise ProviderError("Alipay alipay.trade.precreate: the response carries no qr_code",
+                                    details={"failure": "invalid_response", "method": "alipay.trade.precreate"})
+            self._check_out_trade_no(content, order, "alipay.trade.precreate")
+            # The trade times out payTimeoutMinutes after Alipay created it, which is no earlier than `started`.
+            expires = started + timedelta(minutes=self.payTimeoutMinutes)
+            return PaymentPrep(payUrl=qr_code, qrCode=self.qr_data_uri(qr_code), expiresAt=expires,
+                               extra={"method": "alipay.trade.precreate", "timeoutExpress": biz["timeout_express"]})
+        if payType == "mobile":
+            method = "alipay.trade.wap.pay"
+            biz["product_code"] = "QUICK_WAP_WAY"
+            if self.returnUrl:
+                biz["quit_url"] = self.returnUrl
+        else:
+            method = "alipay.trade.page.pay"
+            biz["product_code"] = "FAST_INSTANT_TRADE_PAY"
+        url = self.gateway.page_url(method, biz, notify_url=self.notifyUrl, return_url=self.returnUrl)
+        return PaymentPrep(payUrl=url, qrCode=None, expiresAt=None,
+                           extra={"method": method, "timeoutExpress": biz["timeout_express"]})
+
+    def query(self, order: OrderView) -> TradeState:
+        """``alipay.trade.query``: paid (``TRADE_SUCCESS``/``TRADE_FINISHED``) → success with Alipay's trade number,
+        amount and pay time; ``TRADE_CLOSED`` → closed (refunded when it had been paid); ``WAIT_BUYER_PAY`` or no
+        trade yet (``ACQ.TRADE_NOT_EXIST``: a QR code nobody scanned) → pending."""
+        method = "alipay.trade.query"
+        content = self.gateway.call(method, {"out_trade_no": order.orderId}, accept_sub_codes={TRADE_NOT_EXIST})
+        if content.get("sub_code") == TRADE_NOT_EXIST:
+            return TradeState(orderId=order.orderId, status="pending", raw=content)
+        self._check_out_trade_no(content, order, method)
+        trade_status = content.get("trade_status")
+        status = TRADE_STATUS.get(str(trade_status))
+        if status is None:
+            raise ProviderError(f"Alipay {method}: unknown trade_status {trade_status!r}",
+                                provider_code=str(trade_status),
+                                details={"failure": "invalid_response", "method": method})
+        pay_time = parse_beijing_time(content.get("send_pay_date"))
+        if status == "closed" and pay_time is not None:
+            status = "refunded"  # a paid trade is closed only by refunding it in full
+        paid = parse_amount(content.get("total_amount")) if status in ("success", "refunded") else None
+        if status == "success" and paid is None:
+            raise ProviderError(f"Alipay {method}: a paid trade without a valid total_amount",
+                                details={"failure": "invalid_response", "method": method})
+        return TradeState(orderId=order.orderId, status=status, tradeNo=content.get("trade_no") or None,
+                          paidAmount=paid, payTime=pay_time if status in ("success", "refunded") else None,
+                          raw=content)
+
+    def close(self, order: OrderView) -> None:
+        """``alipay.trade.close``. A trade Alipay does not know (an unscanned QR code) needs no closing. A paid trade
+        cannot be closed: Alipay's ``ACQ.TRADE_STATUS_ERROR`` comes back as :class:`ProviderError`."""
+        self.gateway.call("alipay.trade.close", {"out_trade_no": order.orderId}, accept_sub_codes={TRADE_NOT_EXIST})
+
+    def refund(self, order: OrderView, refundId: str, amount: Decimal, totalRefunded: Decimal,
+               reason: str | None = None) -> RefundResult:
+        """``alipay.trade.refund`` with ``out_request_no=refundId``: Alipay refunds each ``out_request_no`` once, so a
+        retried refund is harmless."""
+        refund_amount = self._amount(amount)
+        if totalRefunded > order.amount:
+            raise RefundInvalid(f"refunds of order {order.orderId} would total {totalRefunded}, more than its "
+                                f"{order.amount}")
+        if not refundId or len(refundId) > 64:
+            raise RefundInvalid("refundId must be 1 to 64 characters (Alipay's out_request_no)")
+        biz: dict[str, Any] = {"out_trade_no": order.orderId, "refund_amount": refund_amount,
+                               "out_request_no": refundId}
+        if reason:
+            biz["refund_reason"] = reason[:256]
+        content = self.gateway.call("alipay.trade.refund", biz)
+        self._check_out_trade_no(content, order, "alipay.trade.refund")
+        return RefundResult(refundId=refundId, amount=Decimal(refund_amount), refundNo=None, raw=content)
+
+    def parse_notify_body(self, body: bytes, contentType: str | None = None) -> dict[str, str]:
+        """Alipay posts ``application/x-www-form-urlencoded`` UTF-8. Returns the decoded fields exactly as sent;
+        a repeated field, bad percent-encoding, non-UTF-8 text or another content type is :class:`NotifyInvalid`."""
+        if contentType:
+            media_type = contentType.split(";", 1)[0].strip().lower()
+            if media_type != "application/x-www-form-urlencoded":
+                raise NotifyInvalid(f"an Alipay notification is a form post, not {media_type or 'empty'}")
+            params = dict(p.strip().split("=", 1) for p in contentType.split(";")[1:] if "=" in p)
+            charset = params.get("charset", "utf-8").strip().strip('"').lower()
+            if charset not in ("utf-8", "utf8"):
+                raise NotifyInvalid(f"an Alipay notification must be UTF-8, not {charset}")
+        if not body:
+            raise NotifyInvalid("the Alipay notification is empty")
+        try:
+            text = body.decode("utf-8")
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, encoding="utf-8",
+                              errors="strict", max_num_fields=MAX_NOTIFY_FIELDS)
+        except (UnicodeDecodeError, ValueError):
+            raise NotifyInvalid("the Alipay notification is not a valid UTF-8 form body") from None
+        fields: dict[str, str] = {}
+        for key, value in pairs:
+            if key in fields:
+                raise NotifyInvalid(f"the Alipay notification repeats the field {key!r}")
+            fields[key] = value
+        return fields
+
+    def verify_notify(self, fields: Mapping[str, Any]) -> TradeState:
+        """Verify an asynchronous notification: the signature with Alipay's public key (over every field but ``sign``
+        and ``sign_type``, as received), then that it is for this ``app_id`` (and ``seller_id`` when configured).
+        Returns the trade state it reports. Checking ``out_trade_no`` and the amount against the order is the
+        caller's (``PaySvc``)."""
+        for key, value in fields.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise NotifyInvalid("notification fields must be single text values (give the raw form, not lists)")
+        signature = fields.get("sign")
+        if not signature:
+            raise SignatureInvalid("the Alipay notification is not signed")
+        sign_type = fields.get("sign_type")
+        if sign_type not in (None, "", "RSA2"):
+            raise SignatureInvalid(f"the Alipay notification uses sign_type {sign_type!r}; only RSA2 is accepted")
+        if not verify_notify_signature(fields, self._alipay_public_key):
+            raise SignatureInvalid("the Alipay notification's signature does not verify with alipayPublicKey")
+        if fields.get("app_id") != self.appId:
+            raise NotifyInvalid("the Alipay notification is for another app_id",
+                                details={"app_id": fields.get("app_id")})
+        if self.sellerId and fields.get("seller_id") != self.sellerId:
+            raise NotifyInvalid("the Alipay notification is for another seller_id",
+                                details={"seller_id": fields.get("seller_id")})
+        out_trade_no = fields.get("out_trade_no")
+        if not out_trade_no:
+            raise NotifyInvalid("the Alipay notification carries no out_trade_no")
+        trade_status = fields.get("trade_status")
+        status = TRADE_STATUS.get(str(trade_status))
+        if status is None:
+            raise NotifyInvalid(f"the Alipay notification has an unknown trade_status {trade_status!r}")
+        pay_time = parse_beijing_time(fields.get("gmt_payment"))
+        refunded = parse_amount(fields.get("refund_fee"))
+        if status == "closed" and refunded is not None and refunded > 0:
+            status = "refunded"  # the closing notification of a fully refunded trade
+        paid: Decimal | None = None
+        if status in ("success", "refunded"):
+            paid = parse_amount(fields.get("total_amount"))
+            if paid is None:
+                raise NotifyInvalid("the Alipay notification's total_amount is missing or not a number")
+        return TradeState(orderId=out_trade_no, status=status, tradeNo=fields.get("trade_no") or None,
+                          paidAmount=paid, payTime=pay_time if status in ("success", "refunded") else None,
+                          raw=dict(fields))
+
+    def notify_reply(self, ok: bool, message: str = "") -> NotifyReply:
+        """``success`` (Alipay stops retrying) or ``failure`` (it will notify again), as ``text/plain``."""
+        return NotifyReply(body=b"success" if ok else b"failure", mediaType="text/plain")
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def _amount(self, amount: Decimal) -> str:
+        try:
+            text = format_amount(amount)
+        except (TypeError, ValueError) as exc:
+            raise AmountInvalid(f"amount {amount!r} is not valid for Alipay: {exc}") from None
+        if not MIN_AMOUNT <= Decimal(text) <= MAX_AMOUNT:
+            raise AmountInvalid(f"Alipay amounts go from {MIN_AMOUNT} to {MAX_AMOUNT} yuan, not {text}")
+        return text
+
+    @staticmethod
+    def _check_out_trade_no(content: Mapping[str, Any], order: OrderView, method: str) -> None:
+        echoed = content.get("out_trade_no")
+        if echoed is not None and echoed != order.orderId:
+            raise ProviderError(f"Alipay {method}: the response is about another out_trade_no",
+                                details={"failure": "invalid_response", "method": method})
