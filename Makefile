@@ -13,9 +13,11 @@ PORT   ?= 8000
 PYTEST_ARGS ?=
 
 ACME := tests/plugins/acme-elements
+# Every distribution under plugins/ ships beside the core and is installed editable.
+PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 # pip re-runs when any distribution's metadata changes; the acme test plugin is installed as a
 # real (non-editable) distribution, so its sources count too.
-INSTALL_INPUTS := pyproject.toml plugins/jitpay-sandbox/pyproject.toml \
+INSTALL_INPUTS := pyproject.toml $(wildcard plugins/*/pyproject.toml) \
 	$(shell find $(ACME) -type f -not -path '*/build/*' -not -path '*.egg-info*' \
 	        -not -path '*/__pycache__/*' 2>/dev/null)
 
@@ -38,7 +40,7 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(VPY) $(INSTALL_INPUTS)
-	$(VPY) -m pip install -e '.[test]' -e plugins/jitpay-sandbox
+	$(VPY) -m pip install -e '.[test]' $(addprefix -e ,$(PLUGINS))
 	rm -rf $(ACME)/build
 	$(VPY) -m pip install $(ACME)
 	touch $@
