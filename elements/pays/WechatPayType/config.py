@@ -1,0 +1,133 @@
+"""The configuration of a ``pays.WechatPayType`` element, checked once at load."""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from jitcore.errors import ConfigError
+
+from .signing import SIGN_TYPES
+
+#: Every key the element's ``config`` may hold.
+CONFIG_KEYS = ("appId", "mchId", "apiKey", "signType", "gateway", "notifyUrl", "certPath", "keyPath",
+               "spbillCreateIp", "timeout")
+
+
+@dataclass(frozen=True)
+class WechatConfig:
+    """The checked configuration. ``certPath``/``keyPath`` are absolute; ``gateway`` has no trailing slash."""
+
+    appId: str
+    mchId: str
+    apiKey: str
+    signType: str
+    gateway: str
+    notifyUrl: str
+    spbillCreateIp: str
+    timeout: float
+    certPath: str | None = None
+    keyPath: str | None = None
+
+    def __repr__(self) -> str:  # the API key never shows up in a log or a traceback
+        return (f"WechatConfig(appId={self.appId!r}, mchId={self.mchId!r}, signType={self.signType!r}, "
+                f"gateway={self.gateway!r}, notifyUrl={self.notifyUrl!r})")
+
+
+def read_config(fullName: str, raw: Mapping[str, Any], app: Any) -> WechatConfig:
+    """Check ``raw`` (the element's merged config) and return it typed. ``app`` supplies ``baseUrl`` and ``appId``
+    for the default ``notifyUrl`` and ``root`` for relative certificate paths.
+
+    Raises :class:`~jitcore.errors.ConfigError` naming ``fullName`` and the key (never a secret's value)."""
+
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{fullName}: config key '{key}' {problem}", details={"element": fullName, "key": key})
+
+    unknown = [k for k in raw if k not in CONFIG_KEYS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, CONFIG_KEYS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(CONFIG_KEYS)})"
+        raise fail(key, "is not a WeChat Pay setting" + hint)
+
+    def text(key: str, *, required: bool = True) -> str | None:
+        value = raw.get(key)
+        if value is None or value == "":
+            if required:
+                raise fail(key, "is required")
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise fail(key, f"must be text, not {type(value).__name__}")
+        return str(value).strip()
+
+    appId = text("appId")
+    mchId = text("mchId")
+    # Keys often come from {$file: ...}: a trailing newline is not part of the key.
+    apiKey = text("apiKey")
+    if not apiKey or any(c.isspace() for c in apiKey):
+        raise fail("apiKey", "must be the merchant API key (32 characters, no spaces)")
+
+    signType = (text("signType", required=False) or "MD5").upper()
+    if signType not in SIGN_TYPES:
+        raise fail("signType", f"must be one of {', '.join(SIGN_TYPES)}")
+
+    gateway = (text("gateway", required=False) or "https://api.mch.weixin.qq.com").rstrip("/")
+    if not gateway.startswith(("https://", "http://")):
+        raise fail("gateway", "must be an http(s) base URL, e.g. https://api.mch.weixin.qq.com")
+
+    notifyUrl = text("notifyUrl", required=False)
+    if notifyUrl is None:
+        baseUrl = (getattr(app, "baseUrl", None) or "").rstrip("/")
+        appKey = getattr(app, "appId", None)
+        if not baseUrl or not appKey:
+            raise fail("notifyUrl", "is not set and the app has no baseUrl to build it from")
+        notifyUrl = f"{baseUrl}/api/{appKey}/pays/services/PaySvc/wechatNotify"
+    if not notifyUrl.startswith(("https://", "http://")):
+        raise fail("notifyUrl", "must be an absolute http(s) URL")
+
+    ip = text("spbillCreateIp", required=False) or "127.0.0.1"
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise fail("spbillCreateIp", "must be an IP address") from None
+
+    timeout_raw = raw.get("timeout", 10)
+    if isinstance(timeout_raw, bool) or not isinstance(timeout_raw, (int, float, str)):
+        raise fail("timeout", "must be a number of seconds")
+    try:
+        timeout = float(timeout_raw)
+    except ValueError:
+        raise fail("timeout", "must be a number of seconds") from None
+    if not 0 < timeout <= 300:
+        raise fail("timeout", "must be more than 0 and at most 300 seconds")
+
+    root = Path(getattr(app, "root", None) or ".")
+
+    def path(key: str) -> str | None:
+        value = text(key, required=False)
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        p = p if p.is_absolute() else root / p
+        if not p.is_file():
+            raise fail(key, f"names a file that does not exist: {p}")
+        return str(p.resolve())
+
+    certPath = path("certPath")
+    keyPath = path("keyPath")
+    if keyPath and not certPath:
+        raise fail("certPath", "is required when keyPath is set")
+    if certPath:
+        from .api import client_ssl_context
+
+        try:
+            client_ssl_context(certPath, keyPath)
+        except (OSError, ssl.SSLError) as exc:
+            raise fail("certPath", f"cannot be loaded as the client certificate ({type(exc).__name__})") from None
+
+    return WechatConfig(appId=appId, mchId=mchId, apiKey=apiKey, signType=signType, gateway=gateway,  # type: ignore[arg-type]
+                        notifyUrl=notifyUrl, spbillCreateIp=ip, timeout=timeout, certPath=certPath, keyPath=keyPath)
