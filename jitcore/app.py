@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from pathlib import Path
@@ -17,6 +18,8 @@ from jitcore.index import ElementIndex
 from jitcore.loading import element_class
 from jitcore.plugins import Layer, build_plugin_manager
 from jitcore.proxy import ElementProxy
+
+log = logging.getLogger("jitcore")
 
 
 class App:
@@ -113,6 +116,21 @@ class App:
             define = self.getDefine(name)
             if define.layer == "app" or any(s.layer.startswith("app") for s in define.sources):
                 self.classOf(define)
+
+    # -- events -----------------------------------------------------------------------------------------------------
+    def fireEvent(self, hook_name: str, **kwargs: Any) -> list[tuple[str, BaseException]]:
+        """Call every implementation of hook ``hook_name`` (highest layer first), each on its own: an exception in
+        one is logged and returned, and the others still run. Returns ``[(plugin name, exception), ...]``."""
+        caller = getattr(self.hook, hook_name)
+        failures: list[tuple[str, BaseException]] = []
+        arguments = {"app": self, **kwargs}
+        for impl in reversed(caller.get_hookimpls()):
+            try:
+                impl.function(**{name: arguments[name] for name in impl.argnames})
+            except Exception as exc:
+                log.exception("%s in plugin %s failed", hook_name, impl.plugin_name)
+                failures.append((impl.plugin_name, exc))
+        return failures
 
     # -- database ---------------------------------------------------------------------------------------------------
     @property

@@ -66,6 +66,13 @@ class OrderStateConflict(PayError):
     http_status = 409
 
 
+class AmountMismatch(PayError):
+    """The provider reports a paid amount that differs from the order's: nothing changes, the report is recorded."""
+
+    code = "AMOUNT_MISMATCH"
+    http_status = 409
+
+
 class RefundInvalid(PayError):
     """A refund that cannot be made: more than was paid, a reused refund id with another amount, ..."""
 

@@ -1,0 +1,229 @@
+"""The HTTP face of an app: an ASGI application (Starlette) built from a loaded App.
+
+- ``POST /api/{appId}/{element/path}/{function}``: every declared function, JSON body of its arguments in, JSON
+  result out, checked exactly as Python calls are. Needs ``Authorization: Bearer <API key>`` unless the function is
+  declared ``public``.
+- ``GET /openapi.json``: an OpenAPI 3.1 document generated from the ``functionList`` declarations.
+- ``GET /healthz``: checks the database.
+- every route plugins return from ``jit_routes``, mounted first (so a plugin can replace a built-in path).
+
+Mount it in another project with ``build_asgi_app(jitcore.load_app("app.yaml"))``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from datetime import date, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from jitcore.datatypes import JSON_SCHEMAS
+from jitcore.errors import AuthError, ElementNotFound, FunctionNotFound, JitError
+
+if TYPE_CHECKING:
+    from jitcore.app import App
+
+log = logging.getLogger("jitcore.http")
+
+#: the largest JSON body the function API accepts
+API_BODY_LIMIT = 1024 * 1024
+
+
+class ApiError(JitError):
+    """A malformed API request."""
+
+    code = "BAD_REQUEST"
+    http_status = 400
+
+
+class Forbidden(AuthError):
+    """An API key was given but is not one of the app's."""
+
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+def to_jsonable(value: Any) -> Any:
+    """Python results as JSON values: Decimal as its exact string (money keeps its two places), datetimes as ISO
+    8601."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+def error_response(error: JitError) -> JSONResponse:
+    """A JitError as ``{"error": {"code", "message"}}`` with its HTTP status."""
+    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status)
+
+
+def check_api_key(app: "App", request: Request) -> None:
+    """Require one of the app's API keys as a Bearer token (401 without one, 403 with a wrong one)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("this function needs the app's API key: Authorization: Bearer <key>")
+    token = token.strip().encode()
+    matched = False
+    for key in app.model.apiKeys:
+        matched |= hmac.compare_digest(key.encode(), token)
+    if not matched:
+        raise Forbidden("the API key is not valid for this app")
+
+
+async def read_json_body(request: Request) -> dict[str, Any]:
+    """The JSON object in the request body (numbers with a fraction read as Decimal, never float)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > API_BODY_LIMIT):
+        raise ApiError(f"body over {API_BODY_LIMIT} bytes", code="BODY_TOO_LARGE", http_status=413)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > API_BODY_LIMIT:
+            raise ApiError(f"body over {API_BODY_LIMIT} bytes", code="BODY_TOO_LARGE", http_status=413)
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(body, parse_float=Decimal)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError("the body must be a JSON object of the function's arguments")
+    return data
+
+
+def function_endpoint(app: "App") -> Any:
+    """The endpoint of ``POST /api/{appId}/{path}``."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            if request.path_params["appId"] != app.appId:
+                raise ElementNotFound(f"no app {request.path_params['appId']} here")
+            path = request.path_params["path"].strip("/")
+            element_path, _, function = path.rpartition("/")
+            if not element_path or not function:
+                raise FunctionNotFound("the path must be /api/{appId}/{element/path}/{function}")
+            fullName = element_path.replace("/", ".")
+            define = await run_in_threadpool(app.getDefine, fullName)
+            spec = define.function(function)
+            if spec is None:
+                raise FunctionNotFound(f"{fullName} declares no function {function}",
+                                       details={"fullName": fullName, "function": function})
+            if not spec.public:
+                check_api_key(app, request)
+            arguments = await read_json_body(request)
+            proxy = await run_in_threadpool(app.getElement, fullName)
+            result = await run_in_threadpool(lambda: proxy._functions[function](**arguments))
+        except JitError as exc:
+            return error_response(exc)
+        except Exception:
+            log.exception("%s failed", request.url.path)
+            return JSONResponse({"error": {"code": "INTERNAL_ERROR", "message": "internal error, see the server log"}},
+                                status_code=500)
+        if isinstance(result, Response):
+            return result
+        return JSONResponse(to_jsonable(result))
+
+    return endpoint
+
+
+def openapi_document(app: "App") -> dict[str, Any]:
+    """An OpenAPI 3.1 document of every declared function of every visible element."""
+    paths: dict[str, Any] = {}
+    for fullName in app.elementNames():
+        try:
+            define = app.getDefine(fullName)
+        except JitError:
+            continue
+        if define.accessModifier == "private" and define.layer != "app":
+            continue
+        for spec in define.functionList:
+            properties = {}
+            for arg in spec.args:
+                schema = dict(JSON_SCHEMAS[arg.dataType])
+                schema["x-jit-dataType"] = arg.dataType
+                if arg.title:
+                    schema["description"] = arg.title
+                properties[arg.name] = schema
+            operation: dict[str, Any] = {
+                "operationId": f"{fullName}.{spec.name}",
+                "summary": spec.title or spec.name,
+                "tags": [fullName],
+                "requestBody": {"required": bool(spec.args), "content": {"application/json": {"schema": {
+                    "type": "object", "properties": properties, "additionalProperties": False,
+                    "required": [a.name for a in spec.args if a.required]}}}},
+                "responses": {
+                    "200": {"description": f"the result ({spec.returnType or 'any'})"},
+                    "400": {"description": "bad arguments", "content": {"application/json": {
+                        "schema": {"$ref": "#/components/schemas/Error"}}}},
+                    "404": {"description": "unknown element, function or record"},
+                    "409": {"description": "state conflict"},
+                    "502": {"description": "a provider failed"},
+                },
+            }
+            if spec.description:
+                operation["description"] = spec.description
+            if spec.public:
+                operation["security"] = []
+            else:
+                operation["responses"]["401"] = {"description": "API key missing"}
+                operation["responses"]["403"] = {"description": "API key not valid"}
+            paths[f"/api/{app.appId}/{fullName.replace('.', '/')}/{spec.name}"] = {"post": operation}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": app.title, "version": "1", "description": f"Declared functions of app {app.appId}"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}}}}}},
+        },
+        "security": [{"apiKey": []}],
+    }
+
+
+def build_asgi_app(app: "App", *, debug: bool = False) -> Starlette:
+    """The ASGI application of ``app``: plugin routes first, then the function API, ``/openapi.json`` and
+    ``/healthz``."""
+    routes: list[Any] = []
+    for contributed in app.hook.jit_routes(app=app):
+        routes.extend(contributed or [])
+
+    async def openapi(_: Request) -> JSONResponse:
+        return JSONResponse(await run_in_threadpool(openapi_document, app))
+
+    async def healthz(_: Request) -> JSONResponse:
+        def probe() -> None:
+            from sqlalchemy import text
+
+            with app.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+
+        try:
+            await run_in_threadpool(probe)
+        except Exception as exc:
+            log.error("health check failed: %s", type(exc).__name__)
+            return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok", "app": app.appId})
+
+    routes += [
+        Route("/api/{appId}/{path:path}", function_endpoint(app), methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    asgi = Starlette(debug=debug, routes=routes)
+    asgi.state.jit_app = app
+    return asgi

@@ -1,0 +1,168 @@
+"""A live app for tests: sandbox keys, an app YAML pointing both providers at the sandbox, and a real uvicorn server
+on a free loopback port serving the app's ASGI application (notify callbacks, sandbox gateways, cashier, API)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+
+import jitcore
+from jitcore.app import App
+from jitcore.http import build_asgi_app
+
+API_KEY = "test-api-key-0123456789abcdef"
+ALIPAY_APP_ID = "2021000000000001"
+ALIPAY_SELLER_ID = "2088000000000001"
+WECHAT_APP_ID = "wx0000000000000001"
+WECHAT_MCH_ID = "1900000001"
+
+
+def generate_sandbox_keys(directory: Path) -> None:
+    """Fresh sandbox keys (Alipay app and gateway key pairs, the WeChat Pay API key) in ``directory``."""
+    from jitpay_sandbox.alipay import generate_alipay_keys
+    from jitpay_sandbox.wechat import generate_wechat_key
+
+    directory.mkdir(parents=True, exist_ok=True)
+    generate_alipay_keys(directory)
+    generate_wechat_key(directory)
+
+
+def sandbox_app_config(base_url: str, keys: str = ".sandbox", *, database: str | None = None,
+                       wechat_sign_type: str = "MD5", plugins: list[str] | None = None,
+                       elements: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
+                       ) -> dict[str, Any]:
+    """An app YAML (as a dict) with both providers configured against the sandbox served at ``base_url``."""
+    config: dict[str, Any] = {
+        "appId": "shop",
+        "title": "Test shop",
+        "baseUrl": base_url,
+        "apiKeys": [API_KEY],
+        "plugins": plugins or [],
+        "settings": {"sandbox": {
+            "alipay": {"appId": ALIPAY_APP_ID, "sellerId": ALIPAY_SELLER_ID,
+                       "appPublicKey": {"$file": f"{keys}/alipay_app_public_key.pem"},
+                       "gatewayPrivateKey": {"$file": f"{keys}/alipay_gateway_private_key.pem"}},
+            "wechat": {"appId": WECHAT_APP_ID, "mchId": WECHAT_MCH_ID,
+                       "apiKey": {"$file": f"{keys}/wechat_api_key.txt"}},
+        }},
+        "elements": {
+            "pays.AliPayType": {"config": {
+                "appId": ALIPAY_APP_ID, "sellerId": ALIPAY_SELLER_ID,
+                "privateKey": {"$file": f"{keys}/alipay_app_private_key.pem"},
+                "alipayPublicKey": {"$file": f"{keys}/alipay_gateway_public_key.pem"},
+                "gateway": f"{base_url}/sandbox/alipay/gateway.do", "timeout": 5}},
+            "pays.WechatPayType": {"config": {
+                "appId": WECHAT_APP_ID, "mchId": WECHAT_MCH_ID, "signType": wechat_sign_type,
+                "apiKey": {"$file": f"{keys}/wechat_api_key.txt"},
+                "gateway": f"{base_url}/sandbox/wechat", "timeout": 5}},
+        },
+    }
+    if database:
+        config["database"] = database
+    if settings:
+        for key, value in settings.items():
+            config["settings"].setdefault(key, {}).update(value) if isinstance(value, dict) else None
+    if elements:
+        for name, entry in elements.items():
+            config["elements"][name] = entry
+    return config
+
+
+class ServerThread:
+    """A uvicorn server for an ASGI app on an already-bound loopback socket, in a background thread."""
+
+    def __init__(self, asgi: Any, sock: socket.socket) -> None:
+        self.sock = sock
+        self.server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self.sock]))
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def bind_loopback() -> socket.socket:
+    """A listening-ready socket on a free port of 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass
+class LiveApp:
+    """A loaded app served over real HTTP."""
+
+    app: App
+    url: str
+    yaml_path: Path
+
+    @property
+    def pay_service(self) -> Any:
+        """``app.getElement("pays.services.PaySvc")``."""
+        return self.app.getElement("pays.services.PaySvc")
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An httpx client for the server, with the API key."""
+        headers = {"Authorization": f"Bearer {API_KEY}", **kwargs.pop("headers", {})}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=10, **kwargs)
+
+
+@contextlib.contextmanager
+def start_live_app(directory: Path, **options: Any) -> Iterator[LiveApp]:
+    """Write an app YAML into ``directory`` (keys in ``directory/.sandbox``), load it and serve it. Options go to
+    :func:`sandbox_app_config`."""
+    generate_sandbox_keys(directory / ".sandbox")
+    sock = bind_loopback()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yaml_path = directory / "app.yaml"
+    yaml_path.write_text(yaml.safe_dump(sandbox_app_config(url, **options), sort_keys=False))
+    app = jitcore.load_app(yaml_path)
+    server = ServerThread(build_asgi_app(app), sock)
+    server.start()
+    try:
+        yield LiveApp(app, url, yaml_path)
+    finally:
+        server.stop()
+        app.close()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def live_app(tmp_path: Path) -> Iterator[LiveApp]:
+    """The sandbox app on embedded SQLite, served on a free loopback port."""
+    with start_live_app(tmp_path) as live:
+        yield live
