@@ -134,3 +134,7 @@ class PayProvider(Element):
         buffer = io.BytesIO()
         segno.make(content, error="m").save(buffer, kind="png", scale=6, border=2)
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+#: the class of the ``pays.Meta`` element
+Meta = PayProvider

@@ -30,7 +30,7 @@ from elements.pays.errors import (AmountMismatch, DuplicateOrder, NotifyInvalid,
 from elements.pays.Meta import OrderView, PayProvider, TradeState
 from elements.pays.money import from_fen, parse_amount, to_fen
 from elements.pays.services.PaySvc.ids import check_order_id, new_order_id
-from elements.pays.services.PaySvc.lifecycle import OrderStore, as_utc, to_naive_utc, utcnow
+from elements.pays.services.PaySvc.lifecycle import OrderStore, as_utc, utcnow
 from elements.pays.services.PaySvc.models import PayAttempt, PayOrder, PayRefund
 from elements.services.NormalType import NormalService
 from jitcore.errors import ConfigError, ElementNotFound
@@ -90,7 +90,7 @@ class PaySvc(NormalService):
         prep = provider.prepare(self.order_view(order), payType, clientIp=clientIp)
         self.store.add_attempt(PayAttempt(orderId=orderId, provider=fullName, providerName=provider.providerName,
                                           payType=payType, payUrl=prep.payUrl, qrCode=prep.qrCode,
-                                          expiresAt=to_naive_utc(prep.expiresAt), createdAt=now))
+                                          expiresAt=as_utc(prep.expiresAt), createdAt=now))
         return {"orderId": orderId, "payUrl": prep.payUrl, "qrCode": prep.qrCode, "expiresAt": prep.expiresAt}
 
     def query(self, orderId: str) -> dict[str, Any]:
@@ -251,7 +251,7 @@ class PaySvc(NormalService):
                                  message=f"paid {state.paidAmount}, order amount {from_fen(order.amountFen)}", **audit)
                 return False, "amount mismatch"
             if self.store.transition(order.orderId, "success", provider=provider.fullName, tradeNo=state.tradeNo,
-                                     payTime=to_naive_utc(state.payTime) or utcnow()):
+                                     payTime=as_utc(state.payTime) or utcnow()):
                 self.store.audit(kind, "pending->success", **audit)
                 self._fire("jit_order_paid", order.orderId, order=self.query(order.orderId))
                 return True, "OK"

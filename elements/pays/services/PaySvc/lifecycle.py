@@ -36,20 +36,15 @@ PAYLOAD_LIMIT = 65536
 
 
 def utcnow() -> datetime:
-    """Now, as the naive UTC the tables store."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    """Now, in UTC."""
+    return datetime.now(timezone.utc)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """A stored naive-UTC time as an aware datetime."""
-    return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
-
-
-def to_naive_utc(value: datetime | None) -> datetime | None:
-    """An aware (or naive-UTC) datetime as the naive UTC the tables store."""
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(timezone.utc).replace(tzinfo=None)
+    """A stored time as an aware UTC datetime (SQLite gives back naive UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class OrderStore:

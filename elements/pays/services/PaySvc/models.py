@@ -1,4 +1,5 @@
-"""The payment tables (SQLModel). Money is integer fen; times are stored as naive UTC.
+"""The payment tables (SQLModel). Money is integer fen; times are UTC (``timestamptz`` on
+PostgreSQL).
 
 Schema evolution: ``jitpay_schema`` holds the schema version these models describe (:data:`SCHEMA_VERSION`). Tables
 are created on first use. A later version adds its changes as an ordered migration step (run in one transaction
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 1
@@ -28,11 +29,11 @@ class PayOrder(SQLModel, table=True):
     #: the payment element that confirmed payment, and its trade number
     provider: str | None = Field(default=None, max_length=128)
     tradeNo: str | None = Field(default=None, max_length=64)
-    payTime: datetime | None = None
+    payTime: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     refundedFen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     cashierToken: str = Field(max_length=64)
-    createdAt: datetime
-    updatedAt: datetime
+    createdAt: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updatedAt: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class PayAttempt(SQLModel, table=True):
@@ -48,8 +49,8 @@ class PayAttempt(SQLModel, table=True):
     payType: str = Field(max_length=16)
     payUrl: str = Field(sa_column=Column(Text, nullable=False))
     qrCode: str | None = Field(default=None, sa_column=Column(Text))
-    expiresAt: datetime | None = None
-    createdAt: datetime
+    expiresAt: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    createdAt: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class PayRefund(SQLModel, table=True):
@@ -66,8 +67,8 @@ class PayRefund(SQLModel, table=True):
     provider: str = Field(max_length=128)
     refundNo: str | None = Field(default=None, max_length=64)
     reason: str | None = Field(default=None, max_length=256)
-    createdAt: datetime
-    updatedAt: datetime
+    createdAt: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    updatedAt: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
 
 class PayAudit(SQLModel, table=True):
@@ -76,7 +77,7 @@ class PayAudit(SQLModel, table=True):
     __tablename__ = "jitpay_audit"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(index=True)
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False, index=True))
     kind: str = Field(max_length=16)  # notify | check | prepare | close | refund | event
     provider: str | None = Field(default=None, max_length=128)
     orderId: str | None = Field(default=None, max_length=64, index=True)
