@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 #: The largest answer we read from the API (WeChat's answers are a few KiB).
 RESPONSE_MAX_BYTES = 256 * 1024
 _NONCE_ALPHABET = string.ascii_letters + string.digits
+#: err_codes after which WeChat asks for the same request again: the call may or may not have taken effect.
+RETRY_SAME_REQUEST = frozenset({"SYSTEMERROR", "BIZERR_NEED_RETRY", "FREQUENCY_LIMITED"})
+# ProviderError details for failures whose outcome is unknown (the request may have been carried out): a refund that
+# ends like this must be retried with the same out_refund_no, never given up or re-issued under another id.
+_UNKNOWN = {"outcomeUnknown": True}
 
 
 def client_ssl_context(certPath: str, keyPath: str | None = None) -> ssl.SSLContext:
@@ -84,7 +89,9 @@ class WechatApi:
         safe WeChat XML, ``return_code`` other than ``SUCCESS`` (``provider_code`` is the return_code,
         ``provider_message`` the ``return_msg``), a response signature that does not verify, an answer addressed to
         another app or merchant, or ``result_code=FAIL`` (``provider_code`` = ``err_code``, ``provider_message`` =
-        ``err_code_des``), except when the ``err_code`` is in ``accept_errors``: then the answer is returned as is
+        ``err_code_des``); failures after which the request may still have taken effect (timeouts, connection
+        errors, 5xx, unreadable or unverifiable answers, ``SYSTEMERROR``...) carry ``details["outcomeUnknown"]``.
+        Except when the ``err_code`` is in ``accept_errors``: then the answer is returned as is
         for the caller to interpret."""
         path = path.strip("/")
         body = build_xml(self.signed_request(fields))
@@ -93,7 +100,7 @@ class WechatApi:
             answer = parse_xml(raw, max_bytes=RESPONSE_MAX_BYTES)
         except XmlRejected as exc:
             raise ProviderError(f"WeChat Pay {path} answered with something that is not valid XML: {exc}",
-                                provider_code="INVALID_RESPONSE") from None
+                                provider_code="INVALID_RESPONSE", details=_UNKNOWN) from None
         return_code = answer.get("return_code")
         if return_code != "SUCCESS":
             message = answer.get("return_msg") or ""
@@ -103,7 +110,7 @@ class WechatApi:
             log.warning("WeChat Pay %s: response signature does not verify", path)
             raise ProviderError(f"the signature of WeChat Pay's answer to {path} does not verify; the answer was "
                                 f"ignored (check apiKey, or whether something between us and WeChat alters answers)",
-                                provider_code="SIGNATURE_INVALID")
+                                provider_code="SIGNATURE_INVALID", details=_UNKNOWN)
         for field, expected in (("appid", self.appId), ("mch_id", self.mchId)):
             if answer.get(field) not in (None, "", expected):
                 raise ProviderError(f"WeChat Pay's answer to {path} is for another {field}",
@@ -114,7 +121,8 @@ class WechatApi:
                 return answer
             err_des = answer.get("err_code_des") or ""
             raise ProviderError(f"WeChat Pay {path} failed: {err_code}" + (f" ({err_des})" if err_des else ""),
-                                provider_code=err_code, provider_message=err_des or None)
+                                provider_code=err_code, provider_message=err_des or None,
+                                details=_UNKNOWN if err_code in RETRY_SAME_REQUEST else None)
         return answer
 
     def _post(self, path: str, body: bytes, *, use_cert: bool) -> bytes:
@@ -126,7 +134,8 @@ class WechatApi:
                                    headers={"Content-Type": "text/xml; charset=utf-8"}) as response:
                     if response.status_code >= 300:
                         raise ProviderError(f"WeChat Pay {path} answered HTTP {response.status_code}",
-                                            provider_code=f"HTTP_{response.status_code}")
+                                            provider_code=f"HTTP_{response.status_code}",
+                                            details=_UNKNOWN if response.status_code >= 500 else None)
                     chunks: list[bytes] = []
                     size = 0
                     for chunk in response.iter_bytes():
@@ -136,9 +145,11 @@ class WechatApi:
                                                 provider_code="INVALID_RESPONSE")
                         chunks.append(chunk)
                     return b"".join(chunks)
-        except httpx.TimeoutException:
+        # Chained (``from exc``) on purpose: callers tell "not delivered / outcome unknown" from a refusal by the
+        # httpx cause, and by ``details["outcomeUnknown"]``.
+        except httpx.TimeoutException as exc:
             raise ProviderError(f"WeChat Pay {path} did not answer within {self.timeout:g} s",
-                                provider_code="TIMEOUT") from None
+                                provider_code="TIMEOUT", details=_UNKNOWN) from exc
         except httpx.HTTPError as exc:
             raise ProviderError(f"could not reach WeChat Pay at {self.gateway} ({type(exc).__name__})",
-                                provider_code="NETWORK_ERROR") from None
+                                provider_code="NETWORK_ERROR", details=_UNKNOWN) from exc

@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -85,6 +86,8 @@ def test_timeout(misbehaving, provider) -> None:
     misbehaving[0].behave = slow
     error = failure(provider)
     assert error.provider_code == "TIMEOUT" and "0.5 s" in error.message
+    # The request may have been carried out: PaySvc must keep a refund reserved and retry it under the same id.
+    assert error.details["outcomeUnknown"] is True and isinstance(error.__cause__, httpx.TransportError)
 
 
 def test_connection_refused(tmp_path: Path) -> None:
@@ -94,7 +97,9 @@ def test_connection_refused(tmp_path: Path) -> None:
     sock.close()  # nothing listens there now
     provider = make_provider(make_app(tmp_path, "http://127.0.0.1:9"), appId=APP_ID, mchId=MCH_ID, apiKey=KEY,
                              gateway=f"http://127.0.0.1:{port}", timeout=2)
-    assert failure(provider).provider_code == "NETWORK_ERROR"
+    error = failure(provider)
+    assert error.provider_code == "NETWORK_ERROR" and error.details["outcomeUnknown"] is True
+    assert isinstance(error.__cause__, httpx.TransportError)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 404, 302])
@@ -150,6 +155,7 @@ def test_result_code_fail(misbehaving, provider, call) -> None:
                                               "err_code_des": "系统错误"})
     error = failure(provider, call)
     assert error.provider_code == "SYSTEMERROR" and error.provider_message == "系统错误"
+    assert error.details["outcomeUnknown"] is True  # WeChat: "retry with the same parameters"
 
 
 def test_answer_for_another_merchant(misbehaving, provider) -> None:

@@ -264,8 +264,10 @@ def test_wechat_routes_reads_app_settings(tmp_path: Path) -> None:
     paths = {getattr(r, "path", None) for r in wechat_routes(app)}
     assert {"/sandbox/wechat/pay/unifiedorder", "/sandbox/wechat/pay/orderquery", "/sandbox/wechat/pay/closeorder",
             "/sandbox/wechat/secapi/pay/refund", "/sandbox/wechat/wallet/{token}"} <= paths
+    assert wechat_routes(make_app(tmp_path)) == []  # no wechat block: no fake gateway
+    assert wechat_routes(make_app(tmp_path, sandbox={"alipay": {}})) == []
     with pytest.raises(ConfigError, match="sandbox.wechat"):
-        wechat_routes(make_app(tmp_path))
+        wechat_routes(make_app(tmp_path, sandbox={"wechat": ["not", "a", "mapping"]}))
     with pytest.raises(ConfigError, match="apiKey"):
         wechat_routes(make_app(tmp_path, sandbox={"wechat": {"appId": APP_ID, "mchId": MCH_ID}}))
     with pytest.raises(ConfigError, match="closeMinAge"):
