@@ -19,6 +19,7 @@ import yaml
 
 import jitcore
 from jitcore.app import App
+from jitcore.defines import deep_merge
 from jitcore.http import build_asgi_app
 
 API_KEY = "test-api-key-0123456789abcdef"
@@ -42,7 +43,8 @@ def sandbox_app_config(base_url: str, keys: str = ".sandbox", *, database: str |
                        wechat_sign_type: str = "MD5", plugins: list[str] | None = None,
                        elements: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
                        ) -> dict[str, Any]:
-    """An app YAML (as a dict) with both providers configured against the sandbox served at ``base_url``."""
+    """An app YAML (as a dict) with both providers configured against the sandbox served at ``base_url``;
+    ``elements`` and ``settings`` merge over it."""
     config: dict[str, Any] = {
         "appId": "shop",
         "title": "Test shop",
@@ -71,11 +73,9 @@ def sandbox_app_config(base_url: str, keys: str = ".sandbox", *, database: str |
     if database:
         config["database"] = database
     if settings:
-        for key, value in settings.items():
-            config["settings"].setdefault(key, {}).update(value) if isinstance(value, dict) else None
+        config["settings"] = deep_merge(config["settings"], settings)
     if elements:
-        for name, entry in elements.items():
-            config["elements"][name] = entry
+        config["elements"] = deep_merge(config["elements"], elements)
     return config
 
 
