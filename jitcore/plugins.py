@@ -122,7 +122,8 @@ def build_plugin_manager(app: "App") -> tuple[pluggy.PluginManager, list[Layer]]
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise ConfigError(f"plugin {exc.plugin_name!r}: {exc} (a hook implementation must match a hookspec; "
-                          f"check the name for typos)") from None
+        name = pm.get_name(exc.plugin) if getattr(exc, "plugin", None) is not None else "?"
+        raise ConfigError(f"plugin {name}: {exc} (a hook implementation must match a hookspec in "
+                          f"jitcore/hookspecs.py or one a plugin adds; check the name for typos)") from None
     highest_first = [app_layer, *app_plugin_layers, *installed_layers, official]
     return pm, highest_first

@@ -82,7 +82,13 @@ class PayProvider(Element):
     """The provider contract (``pays.Meta``). Subclasses implement every method; each raises
     :class:`elements.pays.errors.ProviderError` when the provider cannot be reached or refuses, and
     :class:`~elements.pays.errors.SignatureInvalid` / :class:`~elements.pays.errors.NotifyInvalid` for a bad
-    notification."""
+    notification.
+
+    A ``ProviderError`` after which the request may still have been carried out (no answer, an unreadable or
+    unverifiable answer, a "system error, retry" answer) carries ``details["outcomeUnknown"] = True`` (or
+    ``details["failure"]`` naming a transport-level kind: ``timeout``, ``connection``, ``http_status``,
+    ``invalid_response``, ``signature_missing``, ``signature_invalid``); ``PaySvc`` then keeps a refund counted and
+    retries it with the same id rather than releasing it."""
 
     #: payTypes this provider supports, e.g. ``("pc", "mobile", "page")``.
     payTypes: ClassVar[tuple[str, ...]] = ()

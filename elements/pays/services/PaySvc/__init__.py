@@ -165,8 +165,8 @@ class PaySvc(NormalService):
             result = provider.refund(self.order_view(current), refund_id, from_fen(fen),
                                      from_fen(current.refundedFen), reason)
         except ProviderError as exc:
-            if _transport_failure(exc):
-                outcome = "provider-unreachable"  # the refund may have happened: keep it counted, retry the same id
+            if outcome_unknown(exc):
+                outcome = "outcome-unknown"  # the refund may have happened: keep it counted, retry the same id
             else:
                 outcome = "refused"
                 self.store.fail_refund(refund)
@@ -410,9 +410,23 @@ class PaySvc(NormalService):
         return Response(reply.body, status_code=reply.status, media_type=reply.mediaType)
 
 
-def _transport_failure(exc: ProviderError) -> bool:
-    """Whether the provider could not be reached or did not answer (the request may have been carried out)."""
+#: failure kinds after which a request may still have been carried out by the provider
+UNKNOWN_OUTCOME_FAILURES = frozenset({"timeout", "connection", "http_status", "invalid_response", "signature_missing",
+                                      "signature_invalid"})
+
+
+def outcome_unknown(exc: ProviderError) -> bool:
+    """Whether the provider may have carried out the request despite the error (no answer, an unreadable or
+    unverifiable one, or a system error it asks to retry): then a refund stays counted and is retried with the same
+    id, never released for a new one (that could pay out twice)."""
     import httpx
 
+    details = exc.details or {}
+    if details.get("outcomeUnknown") or details.get("failure") in UNKNOWN_OUTCOME_FAILURES:
+        return True
+    code = (exc.provider_code or "").upper()
+    if code.endswith("SYSTEM_ERROR") or code in ("SYSTEMERROR", "BIZERR_NEED_RETRY", "20000") \
+            or details.get("code") == "20000":
+        return True
     cause = exc.__cause__ or exc.__context__
     return isinstance(cause, httpx.TransportError)

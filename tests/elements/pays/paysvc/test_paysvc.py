@@ -361,6 +361,22 @@ def test_refund_errors(app: Any, pay: Any) -> None:
         assert info.value.code in ("AMOUNT_INVALID", "REFUND_INVALID")
 
 
+def test_refund_with_unknown_outcome_stays_counted(app: Any, pay: Any) -> None:
+    order_id = _paid_order(app, pay)
+    fake_class(app).fail_next.append(ProviderError("no answer", details={"outcomeUnknown": True}))
+    with pytest.raises(ProviderError):
+        pay.refund(orderId=order_id, amount="10.00", refundId="R1")
+    # the provider may have refunded: the amount stays counted, so no other refund can pay it out again
+    assert pay.query(orderId=order_id)["refundedAmount"] == Decimal("10.00")
+    with pytest.raises(Exception) as info:
+        pay.refund(orderId=order_id, amount="10.00", refundId="R2")
+    assert info.value.code == "REFUND_INVALID"
+    assert pay.refund(orderId=order_id, amount="10.00", refundId="R1")["status"] == "success"  # same id: retried
+    assert pay.query(orderId=order_id)["status"] == "refunded"
+    assert [r.outcome for r in audit(app, order_id) if r.kind == "refund"][0] == "outcome-unknown"
+
+
+
 def test_concurrent_refunds_never_exceed_the_paid_amount(app: Any, pay: Any) -> None:
     order_id = _paid_order(app, pay, "10.00")
     results: list[str] = []
