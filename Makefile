@@ -60,9 +60,11 @@ sysdeps:
 test: sysdeps venv
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
+# app.example.yaml takes its API key from $JITPAY_API_KEY; the demo runs with a local-only default.
 run: venv
 	$(VENV)/bin/jit-sandbox init .sandbox
-	$(VENV)/bin/jit serve app.example.yaml --host $(HOST) --port $(PORT)
+	JITPAY_API_KEY="$${JITPAY_API_KEY:-jitpay-demo-key-local-only}" \
+	    $(VENV)/bin/jit serve app.example.yaml --host $(HOST) --port $(PORT)
 
 bench: venv
 	$(VPY) benchmarks/run.py
