@@ -143,7 +143,14 @@ class App:
         return self._engine
 
     def close(self) -> None:
-        """Release the database connections."""
+        """Release what the loaded elements hold (``Element.jit_close``) and the database connections."""
+        with self._lock:
+            elements, self._elements, self._proxies = list(self._elements.values()), {}, {}
+        for element in elements:
+            try:
+                element.jit_close()
+            except Exception:
+                log.exception("closing %s failed", element.fullName)
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None

@@ -37,5 +37,9 @@ class Element:
     def jit_setup(self) -> None:
         """Check the config and prepare whatever the element needs; called once, at load. Default: nothing."""
 
+    def jit_close(self) -> None:
+        """Release what the element holds (connection pools, threads); called once by :meth:`App.close`. Default:
+        nothing."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.fullName}>"

@@ -158,6 +158,12 @@ class AliPayType(PayProvider):
         return number
 
     # -- the provider contract --------------------------------------------------------------------------------------
+    def jit_close(self) -> None:
+        """Close the gateway's connection pool."""
+        gateway = getattr(self, "gateway", None)
+        if gateway is not None:
+            gateway.close()
+
     def prepare(self, order: OrderView, payType: str, *, clientIp: str | None = None) -> PaymentPrep:
         """``pc``: create a face-to-face trade (``alipay.trade.precreate``) and return its QR content and image;
         ``mobile``/``page``: the signed ``alipay.trade.wap.pay``/``alipay.trade.page.pay`` URL (no call is made;

@@ -14,9 +14,10 @@ precreated trade does not exist (``ACQ.TRADE_NOT_EXIST``) until its QR code is s
 ``WAIT_BUYER_PAY``, ``TRADE_SUCCESS`` once paid, ``TRADE_CLOSED`` when closed, timed out or fully refunded.
 
 Settings (``app.settings["sandbox"]["alipay"]``): ``appId``, ``sellerId``, ``appPublicKey`` (verifies requests),
-``gatewayPrivateKey`` (signs responses and notifications); optional ``merchantName``, ``notifyDelays`` (seconds to
-wait before each notification attempt, default ``[0, 1, 2, 4, 8, 16, 32, 64]``: 8 tries), ``notifyTimeout`` (seconds,
-default 5) and ``timestampTolerance`` (seconds a request's timestamp may be off, default 1800).
+``gatewayPrivateKey`` (signs responses and notifications); optional ``merchantName``, ``notifyRetryDelays`` (alias
+``notifyDelays``; seconds to wait before each notification attempt, default ``[0, 1, 2, 4, 8, 16, 32, 64]``: 8
+tries), ``notifyTimeout`` (seconds, default 5) and ``timestampTolerance`` (seconds a request's timestamp may be off,
+default 1800).
 """
 
 from __future__ import annotations
@@ -272,13 +273,14 @@ class AlipaySandbox:
                 return None
             return str(value).strip()
 
-        delays = settings.get("notifyDelays", DEFAULT_NOTIFY_DELAYS)
+        # notifyRetryDelays is the name the WeChat Pay sandbox uses too; notifyDelays is kept as an alias
+        delays = settings.get("notifyRetryDelays", settings.get("notifyDelays", DEFAULT_NOTIFY_DELAYS))
         try:
             delays = tuple(float(d) for d in delays)
             if not delays or any(d < 0 for d in delays):
                 raise ValueError
         except (TypeError, ValueError):
-            raise ConfigError("sandbox: settings.sandbox.alipay.notifyDelays must be a non-empty list of seconds "
+            raise ConfigError("sandbox: settings.sandbox.alipay.notifyRetryDelays must be a non-empty list of seconds "
                               "(one per notification attempt)") from None
         try:
             notify_timeout = float(settings.get("notifyTimeout", 5))

@@ -121,7 +121,7 @@ def make_provider(app: Any, keys: dict[str, str], **config: Any) -> AliPayType:
 def sandbox_settings(keys: dict[str, str], **extra: Any) -> dict[str, Any]:
     settings = {"appId": APP_ID, "sellerId": SELLER_ID, "appPublicKey": keys["app_public"],
                 "gatewayPrivateKey": keys["gateway_private"], "merchantName": "演示商户 Demo Shop",
-                "notifyDelays": [0, 0.05, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2], "notifyTimeout": 2}
+                "notifyRetryDelays": [0, 0.05, 0.1, 0.2, 0.2, 0.2, 0.2, 0.2], "notifyTimeout": 2}
     settings.update(extra)
     return settings
 

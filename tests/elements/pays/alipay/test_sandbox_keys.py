@@ -62,7 +62,7 @@ def test_sandbox_settings_errors(tmp_path):
     good = {"appId": "1", "sellerId": "2", "appPublicKey": (tmp_path / NAMES[1]).read_text(),
             "gatewayPrivateKey": (tmp_path / NAMES[2]).read_text()}
     for key, value in [("appId", ""), ("appPublicKey", (tmp_path / NAMES[2]).read_text()),
-                       ("gatewayPrivateKey", (tmp_path / NAMES[3]).read_text()), ("notifyDelays", [])]:
+                       ("gatewayPrivateKey", (tmp_path / NAMES[3]).read_text()), ("notifyRetryDelays", [])]:
         with pytest.raises(ConfigError) as info:
             AlipaySandbox.from_settings({**good, key: value})
         assert key in str(info.value)
