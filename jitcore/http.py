@@ -84,16 +84,32 @@ def check_api_key(app: "App", request: Request) -> None:
         raise Forbidden("the API key is not valid for this app")
 
 
-async def read_json_body(request: Request) -> dict[str, Any]:
-    """The JSON object in the request body (numbers with a fraction read as Decimal, never float)."""
+class BodyTooLarge(ApiError):
+    """A request body over the endpoint's limit."""
+
+    code = "BODY_TOO_LARGE"
+    http_status = 413
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw request body, refusing more than ``limit`` bytes: checked on Content-Length first and again while
+    streaming (a chunked body has none), so an oversized body is never held in memory."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > API_BODY_LIMIT):
-        raise ApiError(f"body over {API_BODY_LIMIT} bytes", code="BODY_TOO_LARGE", http_status=413)
-    body = b""
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge(f"body over {limit} bytes")
+    chunks = []
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > API_BODY_LIMIT:
-            raise ApiError(f"body over {API_BODY_LIMIT} bytes", code="BODY_TOO_LARGE", http_status=413)
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, limit: int = API_BODY_LIMIT) -> dict[str, Any]:
+    """The JSON object in the request body (numbers with a fraction read as Decimal, never float)."""
+    body = await read_body(request, limit)
     if not body.strip():
         return {}
     try:

@@ -142,38 +142,38 @@ class OrderStore:
             return session.execute(select(PayRefund).where(PayRefund.orderId == order_id,
                                                         PayRefund.refundId == refund_id)).scalars().first()
 
+    @staticmethod
+    def _count_refund(session: Session, refund: PayRefund) -> bool:
+        """Add ``refund`` to the order's refunded total, only while the order is paid and the total stays within its
+        amount (one conditional UPDATE)."""
+        result = session.execute(update(PayOrder)
+                                 .where(PayOrder.orderId == refund.orderId, PayOrder.status == "success",
+                                        PayOrder.refundedFen + refund.amountFen <= PayOrder.amountFen)
+                                 .values(refundedFen=PayOrder.refundedFen + refund.amountFen, updatedAt=utcnow()))
+        return result.rowcount == 1
+
     def reserve_refund(self, refund: PayRefund) -> bool:
-        """Count ``refund`` against the order (only if the order is paid and the total stays within the amount) and
-        record it as pending, in one transaction. False if it would exceed what was paid."""
+        """Count ``refund`` against the order and record it as pending, in one transaction. False if it would exceed
+        what was paid (or the same refundId raced in)."""
         with self.session() as session:
-            result = session.execute(update(PayOrder)
-                                     .where(PayOrder.orderId == refund.orderId, PayOrder.status == "success",
-                                            PayOrder.refundedFen + refund.amountFen <= PayOrder.amountFen)
-                                     .values(refundedFen=PayOrder.refundedFen + refund.amountFen,
-                                             updatedAt=utcnow()))
-            if result.rowcount != 1:
+            if not self._count_refund(session, refund):
                 session.rollback()
                 return False
             session.add(refund)
             try:
                 session.commit()
-            except IntegrityError:  # the same refundId raced in: nothing counted
+            except IntegrityError:
                 session.rollback()
                 return False
             return True
 
     def retry_refund(self, refund: PayRefund) -> bool:
-        """Count a previously failed refund again (the caller retries it with the same id)."""
+        """Count a previously refused refund again (the caller retries it with the same id)."""
         with self.session() as session:
-            result = session.execute(update(PayOrder)
-                                     .where(PayOrder.orderId == refund.orderId, PayOrder.status == "success",
-                                            PayOrder.refundedFen + refund.amountFen <= PayOrder.amountFen)
-                                     .values(refundedFen=PayOrder.refundedFen + refund.amountFen,
-                                             updatedAt=utcnow()))
             moved = session.execute(update(PayRefund)
                                     .where(PayRefund.id == refund.id, PayRefund.status == "failed")
                                     .values(status="pending", updatedAt=utcnow()))
-            if result.rowcount != 1 or moved.rowcount != 1:
+            if moved.rowcount != 1 or not self._count_refund(session, refund):
                 session.rollback()
                 return False
             session.commit()

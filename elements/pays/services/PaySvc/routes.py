@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from elements.pays.errors import UnknownPayType
+from jitcore.http import BodyTooLarge, error_response, read_body
 
 if TYPE_CHECKING:
     from jitcore.app import App
@@ -24,43 +25,22 @@ NOTIFY_BODY_LIMIT = 64 * 1024
 PAYSVC = "pays.services.PaySvc"
 
 
-class BodyTooLarge(Exception):
-    """The request body is over the limit."""
-
-
-async def read_limited_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (checked on Content-Length and while streaming)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise BodyTooLarge()
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def notify_endpoint(app: "App", provider_name: str) -> Any:
     """An endpoint that hands a provider's raw notification body to ``PaySvc.handle_notify_body``."""
 
     async def endpoint(request: Request) -> Response:
         service = app.loadElement(PAYSVC)
         try:
-            body = await read_limited_body(request, NOTIFY_BODY_LIMIT)
-        except BodyTooLarge:
+            body = await read_body(request, NOTIFY_BODY_LIMIT)
+        except BodyTooLarge as exc:
             await run_in_threadpool(service.store.audit, "notify", "rejected", provider=provider_name,
-                                    verified=False, error_code="BODY_TOO_LARGE",
-                                    message=f"body over {NOTIFY_BODY_LIMIT} bytes")
-            return JSONResponse({"error": {"code": "BODY_TOO_LARGE",
-                                           "message": f"body over {NOTIFY_BODY_LIMIT} bytes"}}, status_code=413)
+                                    verified=False, error_code=exc.code, message=exc.message)
+            return error_response(exc)
         try:
             return await run_in_threadpool(service.handle_notify_body, provider_name, body,
                                            request.headers.get("content-type"))
         except UnknownPayType as exc:
-            return JSONResponse({"error": exc.to_dict()}, status_code=404)
+            return error_response(UnknownPayType(exc.message, http_status=404))
 
     return endpoint
 
