@@ -139,7 +139,8 @@ def test_click_through_pays_and_delivers(context, shop, provider, product, amoun
     page.get_by_test_id("return-link").click()
     page.wait_for_url(shop.url + "/")
     assert order_row_delivered(page, shop, order_id)
-    assert shop.pay_service.query(orderId=order_id)["provider"] == f"pays.{'AliPayType' if provider == 'alipay' else 'WechatPayType'}"
+    expected = {"alipay": "pays.AliPayType", "wechat": "pays.WechatPayType"}[provider]
+    assert shop.pay_service.query(orderId=order_id)["provider"] == expected
     assert errors == []
 
 
