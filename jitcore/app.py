@@ -111,11 +111,12 @@ class App:
         return False
 
     def check(self) -> None:
-        """Resolve every definition and check the classes the app itself names, so that mistakes surface at load."""
+        """Resolve every definition, and load every element the app itself declares or configures, so that a
+        mistake (a bad class, a missing or malformed setting) stops loading instead of surfacing on first use."""
         for name in self.elementNames():
             define = self.getDefine(name)
-            if define.layer == "app" or any(s.layer.startswith("app") for s in define.sources):
-                self.classOf(define)
+            if any(source.layer == "app" for source in define.sources) and define.kind != "Meta":
+                self.loadElement(name)
 
     # -- events -----------------------------------------------------------------------------------------------------
     def fireEvent(self, hook_name: str, **kwargs: Any) -> list[tuple[str, BaseException]]:

@@ -13,28 +13,28 @@ from jitcore.hookspecs import jit_app_loaded, jit_element_dirs, jit_resolve_elem
 from tests.jitcore.conftest import APP_PLUGIN
 from tests.jitcore.fixtures import plugins
 
-WECHAT = "pays.WechatPayType"
+PAYSVC = "pays.services.PaySvc"
 PLUGIN_MODULE = "tests.jitcore.fixtures.plugins"
 
 
 def test_precedence_app_over_app_plugins_over_installed_over_official(make_app: Any, installed: Any,
                                                                       tmp_path: Any) -> None:
-    (tmp_path / "own" / "pays" / "WechatPayType").mkdir(parents=True)
-    (tmp_path / "own" / "pays" / "WechatPayType" / "e.yaml").write_text("config: {layer: app_dir, app_dir: true}\n")
+    (tmp_path / "own" / "pays" / "services" / "PaySvc").mkdir(parents=True)
+    (tmp_path / "own" / "pays" / "services" / "PaySvc" / "e.yaml").write_text("config: {layer: app_dir, app_dir: true}\n")
     installed(b=f"{PLUGIN_MODULE}:installed_b", a=f"{PLUGIN_MODULE}:installed_a")
 
-    official = make_app(plugins=[]).getDefine(WECHAT)
+    official = make_app(plugins=[]).getDefine(PAYSVC)
     assert official.layer == "installed:a"  # a sorts before b, so a is higher
     assert official.config["layer"] == "installed_a" and official.config["installed_b"] is True
-    assert official.config["signType"] == "MD5"  # the official default is still the base
+    assert official.function("create") is not None  # the official definition is still the base
     assert official.overrides == ["official", "installed:b"]
 
-    with_plugin = make_app(plugins=[APP_PLUGIN]).getDefine(WECHAT)
+    with_plugin = make_app(plugins=[APP_PLUGIN]).getDefine(PAYSVC)
     assert with_plugin.config["layer"] == "app_plugin" and with_plugin.title == "from app_plugin"
 
     with_app = make_app(plugins=[APP_PLUGIN], elementDirs=["own"],
-                        elements={WECHAT: {"title": "from the app YAML", "config": {"layer": "app"}}})
-    top = with_app.getDefine(WECHAT)
+                        elements={PAYSVC: {"title": "from the app YAML", "config": {"layer": "app"}}})
+    top = with_app.getDefine(PAYSVC)
     assert top.title == "from the app YAML" and top.config["layer"] == "app"
     assert all(top.config[name] is True for name in ("app_dir", "app_plugin", "installed_a", "installed_b"))
     assert [s.layer for s in top.sources] == ["official", "installed:b", "installed:a", "app-plugin:" + APP_PLUGIN,

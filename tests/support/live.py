@@ -42,9 +42,9 @@ def generate_sandbox_keys(directory: Path) -> None:
 def sandbox_app_config(base_url: str, keys: str = ".sandbox", *, database: str | None = None,
                        wechat_sign_type: str = "MD5", plugins: list[str] | None = None,
                        elements: dict[str, Any] | None = None, settings: dict[str, Any] | None = None,
-                       ) -> dict[str, Any]:
+                       omit: tuple[str, ...] = ()) -> dict[str, Any]:
     """An app YAML (as a dict) with both providers configured against the sandbox served at ``base_url``;
-    ``elements`` and ``settings`` merge over it."""
+    ``elements`` and ``settings`` merge over it; element names in ``omit`` are left unconfigured."""
     config: dict[str, Any] = {
         "appId": "shop",
         "title": "Test shop",
@@ -76,6 +76,8 @@ def sandbox_app_config(base_url: str, keys: str = ".sandbox", *, database: str |
         config["settings"] = deep_merge(config["settings"], settings)
     if elements:
         config["elements"] = deep_merge(config["elements"], elements)
+    for name in omit:
+        config["elements"].pop(name, None)
     return config
 
 

@@ -25,6 +25,8 @@ Configuration (``self.config``, checked at load by :meth:`AliPayType.jit_setup`)
 
 from __future__ import annotations
 
+import difflib
+
 import math
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -57,6 +59,11 @@ MAX_AMOUNT = Decimal("100000000.00")
 MAX_NOTIFY_FIELDS = 200
 
 
+#: every key the element's ``config`` may hold
+CONFIG_KEYS = ("appId", "privateKey", "alipayPublicKey", "gateway", "notifyUrl", "returnUrl", "sellerId", "timeout",
+               "payTimeoutMinutes")
+
+
 class AliPayType(PayProvider):
     """Alipay: ``pc`` (face-to-face QR code via ``alipay.trade.precreate``), ``mobile`` (``alipay.trade.wap.pay``
     link) and ``page`` (``alipay.trade.page.pay`` link)."""
@@ -75,6 +82,11 @@ class AliPayType(PayProvider):
         """Check the config (see the module docstring) and build the gateway client. A missing or malformed value is
         a :class:`ConfigError` naming the element and the key, never showing a key's content."""
         config = self.config or {}
+        unknown = [key for key in config if key not in CONFIG_KEYS]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], CONFIG_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(CONFIG_KEYS)}"
+            raise self._config_error(unknown[0], f"is not a setting of Alipay ({hint})")
         self.appId = self._text(config, "appId", required=True)  # type: ignore[assignment]
         private_key = self._key(config, "privateKey")
         if not isinstance(private_key, rsa.RSAPrivateKey):

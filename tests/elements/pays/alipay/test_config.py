@@ -76,3 +76,21 @@ def test_notify_url_needs_base_url(keys):
                                        ("payTimeoutMinutes", 1.5), ("payTimeoutMinutes", 0)])
 def test_bad_values(keys, key, value):
     assert _load_error(keys, **{key: value}).details["key"] == key
+
+
+def test_unknown_config_key_is_a_load_error_with_a_hint(tmp_path):
+    import pytest
+    import yaml
+
+    import jitcore
+    from jitcore.errors import ConfigError
+    from tests.support.live import generate_sandbox_keys
+
+    generate_sandbox_keys(tmp_path / "keys")
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump({"appId": "shop", "baseUrl": "http://127.0.0.1:1", "elements": {
+        "pays.AliPayType": {"config": {"appId": "2021", "privateKey": {"$file": "keys/alipay_app_private_key.pem"},
+                                       "alipayPublicKey": {"$file": "keys/alipay_gateway_public_key.pem"},
+                                       "sellerID": "2088"}}}}))
+    with pytest.raises(ConfigError) as info:  # the app configures it, so loading the app checks it
+        jitcore.load_app(tmp_path / "app.yaml")
+    assert "sellerID" in info.value.message and "did you mean 'sellerId'" in info.value.message

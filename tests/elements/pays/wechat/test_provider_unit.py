@@ -244,3 +244,18 @@ def test_notify_reply(provider) -> None:
     assert bad.body == ("<xml><return_code><![CDATA[FAIL]]></return_code><return_msg><![CDATA[签名错误 ]]]]><![CDATA[>"
                         "]]></return_msg></xml>").encode()
     assert provider.parse_notify_body(bad.body) == {"return_code": "FAIL", "return_msg": "签名错误 ]]>"}
+
+
+def test_an_incomplete_configuration_stops_the_app_from_loading(tmp_path):
+    import pytest
+    import yaml
+
+    import jitcore
+    from jitcore.errors import ConfigError
+    from tests.support.live import generate_sandbox_keys, sandbox_app_config
+
+    generate_sandbox_keys(tmp_path / ".sandbox")
+    config = sandbox_app_config("http://127.0.0.1:1", elements={"pays.WechatPayType": {"config": {"mchId": ""}}})
+    (tmp_path / "app.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match="pays.WechatPayType: config key 'mchId' is required"):
+        jitcore.load_app(tmp_path / "app.yaml")
