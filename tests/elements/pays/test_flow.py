@@ -87,3 +87,19 @@ def test_refund_and_close_through_the_sandbox(live: LiveApp) -> None:
         pay_service.getPayUrl(orderId=unpaid["orderId"], fullName=full_name, payType="pc")
         assert pay_service.close(orderId=unpaid["orderId"])["status"] == "closed"
         assert pay_service.check(orderId=unpaid["orderId"], fullName=full_name)["status"] == "closed"
+
+
+def test_cashier_status_finds_a_payment_whose_notification_never_arrives(tmp_path: Path) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    elements = {"pays.AliPayType": {"config": {"notifyUrl": "http://127.0.0.1:9/nowhere"}}}
+    with start_live_app(tmp_path, elements=elements) as live:
+        pay_service = live.app.getElement("pays.services.PaySvc")
+        order = pay_service.create("Purchase VIP Membership", 99.99)
+        url = pay_service.getPayUrl(orderId=order["orderId"], fullName="pays.AliPayType", payType="pc")
+        pay_in_wallet(url["payUrl"])
+        cashier = urlsplit(order["cashierUrl"])
+        token = parse_qs(cashier.query)["token"][0]
+        status = httpx.get(f"{live.url}{cashier.path}/status", params={"token": token}, timeout=10).json()
+        assert status["status"] == "success"  # the status endpoint asked Alipay (alipay.trade.query)
+        assert pay_service.query(orderId=order["orderId"])["provider"] == "pays.AliPayType"

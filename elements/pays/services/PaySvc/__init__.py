@@ -18,6 +18,8 @@ import hmac
 import logging
 import re
 import secrets
+import threading
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Mapping
@@ -40,6 +42,8 @@ log = logging.getLogger("jitpay")
 PAY_META = "pays.Meta"
 #: a prepared payment is reused only if it stays valid at least this long
 REUSE_MARGIN = timedelta(seconds=60)
+#: how often a polling page may make PaySvc ask the providers about one pending order
+REFRESH_INTERVAL = timedelta(seconds=15)
 REFUND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CASHIER_PATH = "/pays/cashier/{orderId}"
 
@@ -50,6 +54,8 @@ class PaySvc(NormalService):
     def jit_setup(self) -> None:
         self.store = OrderStore(self.app.engine)
         self._notify_providers: dict[str, list[PayProvider]] | None = None
+        self._refreshed: dict[str, float] = {}
+        self._refresh_lock = threading.Lock()
 
     # -- declared functions -------------------------------------------------------------------------------------------
     def create(self, subject: str, amount: Decimal, orderId: str | None = None) -> dict[str, Any]:
@@ -193,6 +199,30 @@ class PaySvc(NormalService):
         """WeChat Pay's notification (the callback XML converted to a dict). Replies the v2 XML: ``SUCCESS``/``OK``
         when processed or already processed, ``FAIL`` with a reason otherwise."""
         return self._reply(self.handle_notify("wechat", xml))
+
+    def refresh_pending(self, orderId: str) -> PayOrder | None:
+        """Ask the providers a pending order was offered with whether it has been paid, at most once every
+        :data:`REFRESH_INTERVAL` per order (for pages that poll while notifications may not arrive). Returns the
+        order as it is afterwards, or None if it does not exist. Provider errors are recorded, not raised."""
+        now = time.monotonic()
+        with self._refresh_lock:
+            last = self._refreshed.get(orderId)
+            if last is not None and now - last < REFRESH_INTERVAL.total_seconds():
+                return self.store.get(orderId)
+            self._refreshed[orderId] = now
+            if len(self._refreshed) > 10000:  # forget the oldest; only a rate limit
+                for key in sorted(self._refreshed, key=self._refreshed.__getitem__)[:5000]:
+                    del self._refreshed[key]
+        order = self.store.get(orderId)
+        if order is None or order.status != "pending":
+            return order
+        for fullName in self.store.attempted_providers(orderId):
+            try:
+                if self.check(orderId, fullName)["status"] != "pending":
+                    break
+            except PayError as exc:  # recorded by check; the page keeps polling
+                log.info("refreshing order %s with %s: %s", orderId, fullName, exc)
+        return self.store.get(orderId)
 
     # -- notifications ------------------------------------------------------------------------------------------------
     def handle_notify_body(self, providerName: str, body: bytes, contentType: str | None = None) -> Response:

@@ -39,6 +39,7 @@ from starlette.routing import Route
 
 from elements.pays.errors import UnknownPayType
 from jitcore.errors import JitError
+from jitcore.http import read_body
 
 if TYPE_CHECKING:
     from jitcore.app import App
@@ -142,14 +143,7 @@ def _return_url(app: "App", order_id: str) -> str | None:
 
 async def _read_pay_arguments(request: Request) -> dict[str, Any]:
     """``fullName`` and ``payType`` from a form or JSON body (at most :data:`PAY_BODY_LIMIT` bytes)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > PAY_BODY_LIMIT):
-        raise JitError(f"body over {PAY_BODY_LIMIT} bytes", code="BODY_TOO_LARGE", http_status=413)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > PAY_BODY_LIMIT:
-            raise JitError(f"body over {PAY_BODY_LIMIT} bytes", code="BODY_TOO_LARGE", http_status=413)
+    body = await read_body(request, PAY_BODY_LIMIT)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         text = body.decode("utf-8")
@@ -216,6 +210,12 @@ def cashier_routes(app: "App") -> list[Route]:
             return _json({"error": {"code": "INTERNAL_ERROR", "message": "internal error"}}, 500)
         if order is None:
             return _not_found_json()
+        if order.status == "pending":
+            # the notification may not reach us (a wrong baseUrl, a firewall): ask the provider now and then
+            try:
+                order = await run_in_threadpool(svc.refresh_pending, order.orderId) or order
+            except Exception:
+                log.exception("cashier status check of %s failed", order.orderId)
         return _json(status_dict(svc, order))
 
     async def pay(request: Request) -> Response:

@@ -397,3 +397,18 @@ def test_concurrent_refunds_never_exceed_the_paid_amount(app: Any, pay: Any) -> 
         t.join()
     assert results.count("ok") == 3 and results.count("REFUND_INVALID") == 2
     assert pay.query(orderId=order_id)["refundedAmount"] == Decimal("9.00")
+
+
+def test_refresh_pending_asks_the_providers_at_most_every_interval(app: Any, pay: Any) -> None:
+    svc = app.loadElement("pays.services.PaySvc")
+    order_id = pay.create("Book", "8.00")["orderId"]
+    assert svc.refresh_pending(order_id).status == "pending"  # nothing offered yet: nobody to ask
+    pay.getPayUrl(orderId=order_id, fullName=FAKE, payType="pc")
+    svc._refreshed.clear()
+    assert svc.refresh_pending(order_id).status == "pending"
+    fake_class(app).trades[f"{FAKE}:{order_id}"] = TradeState(order_id, "success", "T5", Decimal("8.00"))
+    assert svc.refresh_pending(order_id).status == "pending"  # asked a moment ago: not again yet
+    svc._refreshed.clear()  # the interval has passed
+    assert svc.refresh_pending(order_id).status == "success"
+    assert fake_plugin.EVENTS.count(("paid", order_id)) == 1
+    assert svc.refresh_pending("NO_SUCH_ORDER") is None
