@@ -144,6 +144,7 @@ def function_endpoint(app: "App") -> Any:
             proxy = await run_in_threadpool(app.getElement, fullName)
             result = await run_in_threadpool(lambda: proxy._functions[function](**arguments))
         except JitError as exc:
+            log.info("POST %s rejected: %s", request.url.path, exc.code)
             return error_response(exc)
         except Exception:
             log.exception("%s failed", request.url.path)

@@ -246,7 +246,7 @@ class PaySvc(NormalService):
         order_id = order_id if isinstance(order_id, str) else None
         candidates = providers
         if order_id:
-            attempted = [p for p in self.store.attempted_providers(order_id)]
+            attempted = self.store.attempted_providers(order_id)
             preferred = [p for name in attempted for p in providers if p.fullName == name]
             candidates = preferred + [p for p in providers if p not in preferred]
         error: PayError | None = None
