@@ -18,17 +18,22 @@ _INTEGER_TEXT = re.compile(r"^[+-]?\d{1,30}$")
 STEXT_MAX = 255
 
 
-def _stext(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected text, got {type(value).__name__}")
-    if len(value) > STEXT_MAX:
-        raise ValueError(f"text longer than {STEXT_MAX} characters")
-    return value
-
-
 def _ltext(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected text, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _stext(value: Any) -> str:
+    value = _ltext(value)
+    if len(value) > STEXT_MAX:
+        raise ValueError(f"text longer than {STEXT_MAX} characters")
     return value
 
 

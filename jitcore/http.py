@@ -114,8 +114,8 @@ async def read_json_body(request: Request, limit: int = API_BODY_LIMIT) -> dict[
         return {}
     try:
         data = json.loads(body, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError("the body is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ApiError("the body is not valid JSON (or nested too deeply)") from None
     if not isinstance(data, dict):
         raise ApiError("the body must be a JSON object of the function's arguments")
     return data

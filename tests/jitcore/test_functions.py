@@ -35,7 +35,8 @@ ACCEPT = [
 ]
 
 REJECT = [
-    ("Stext", 5), ("Stext", "x" * 256), ("Stext", b"bytes"), ("Ltext", 1.5), ("Ltext", ["a"]),
+    ("Stext", 5), ("Stext", "x" * 256), ("Stext", b"bytes"), ("Stext", "a\x00b"), ("Stext", "\ud800"),
+    ("Ltext", "a\x00b"), ("Ltext", "x\udfff"), ("Ltext", 1.5), ("Ltext", ["a"]),
     ("Integer", True), ("Integer", 1.5), ("Integer", "1.5"), ("Integer", "abc"), ("Integer", []),
     ("Numeric", True), ("Numeric", "abc"), ("Numeric", [1]), ("Money", "1,00"), ("Money", {}),
     ("Boolean", 1), ("Boolean", "maybe"), ("JitDict", [1]), ("JitDict", "a=1"), ("JitList", {"a": 1}),

@@ -31,7 +31,7 @@ from elements.pays.errors import (AmountMismatch, DuplicateOrder, NotifyInvalid,
                                   SignatureInvalid, SubjectInvalid, UnknownPayType, UnsupportedPayType)
 from elements.pays.Meta import OrderView, PayProvider, TradeState
 from elements.pays.money import from_fen, parse_amount, to_fen
-from elements.pays.services.PaySvc.ids import check_order_id, new_order_id
+from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_order_id
 from elements.pays.services.PaySvc.lifecycle import OrderStore, as_utc, utcnow
 from elements.pays.services.PaySvc.models import PayAttempt, PayOrder, PayRefund
 from elements.services.NormalType import NormalService
@@ -245,7 +245,7 @@ class PaySvc(NormalService):
         order_id = fields.get("out_trade_no")
         order_id = order_id if isinstance(order_id, str) else None
         candidates = providers
-        if order_id:
+        if order_id and ORDER_ID_RE.match(order_id):
             attempted = self.store.attempted_providers(order_id)
             preferred = [p for name in attempted for p in providers if p.fullName == name]
             candidates = preferred + [p for p in providers if p not in preferred]
@@ -269,7 +269,7 @@ class PaySvc(NormalService):
         """Apply what a provider says about a trade (from a verified notification or an active check). Returns
         ``(accepted, message)``: accepted means processed or already processed (the provider may stop retrying)."""
         raw = payload if payload is not None else dict(state.raw)
-        order = self.store.get(state.orderId)
+        order = self.store.get(state.orderId) if ORDER_ID_RE.match(state.orderId or "") else None
         audit = dict(provider=provider.fullName, order_id=state.orderId, verified=True, payload=raw)
         if order is None:
             self.store.audit(kind, "rejected", error_code=OrderNotExist.code,

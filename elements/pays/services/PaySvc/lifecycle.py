@@ -47,6 +47,20 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+def storable_text(text: str | None) -> str | None:
+    """Hostile text made storable in any database, keeping what it said: NUL characters (PostgreSQL refuses them)
+    and lone surrogates (not UTF-8) are written as escapes."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 class OrderStore:
     """Reads and writes the payment tables of one database."""
 
@@ -213,8 +227,9 @@ class OrderStore:
         if payload is not None and len(payload) > PAYLOAD_LIMIT:
             payload = payload[:PAYLOAD_LIMIT] + "...(truncated)"
         row = PayAudit(at=utcnow(), kind=kind, outcome=outcome[:64], provider=provider,
-                       orderId=(order_id[:64] if isinstance(order_id, str) else None), verified=verified,
-                       errorCode=error_code, message=message, payload=payload)
+                       orderId=storable_text(order_id[:64]) if isinstance(order_id, str) else None,
+                       verified=verified, errorCode=error_code, message=storable_text(message),
+                       payload=storable_text(payload))
         with self.session() as session:
             session.add(row)
             session.commit()

@@ -7,6 +7,7 @@ exactly as it was sent.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +21,8 @@ from jitcore.http import BodyTooLarge, error_response, read_body
 if TYPE_CHECKING:
     from jitcore.app import App
 
+log = logging.getLogger("jitpay")
+
 #: the largest notification body accepted (Alipay's and WeChat Pay's are a few KiB)
 NOTIFY_BODY_LIMIT = 64 * 1024
 PAYSVC = "pays.services.PaySvc"
@@ -31,16 +34,23 @@ def notify_endpoint(app: "App", provider_name: str) -> Any:
     async def endpoint(request: Request) -> Response:
         service = app.loadElement(PAYSVC)
         try:
+            providers = await run_in_threadpool(service.notify_providers, provider_name)
+        except UnknownPayType as exc:
+            return error_response(UnknownPayType(exc.message, http_status=404))
+        try:
             body = await read_body(request, NOTIFY_BODY_LIMIT)
         except BodyTooLarge as exc:
-            await run_in_threadpool(service.store.audit, "notify", "rejected", provider=provider_name,
+            await run_in_threadpool(service.store.audit, "notify", "rejected", provider=providers[0].fullName,
                                     verified=False, error_code=exc.code, message=exc.message)
             return error_response(exc)
         try:
             return await run_in_threadpool(service.handle_notify_body, provider_name, body,
                                            request.headers.get("content-type"))
-        except UnknownPayType as exc:
-            return error_response(UnknownPayType(exc.message, http_status=404))
+        except Exception:
+            # never a 500 to a provider: log it, answer "not processed" in its format so that it retries later
+            log.exception("the %s notification could not be handled", provider_name)
+            reply = providers[0].notify_reply(False, "internal error")
+            return Response(reply.body, status_code=reply.status, media_type=reply.mediaType)
 
     return endpoint
 
