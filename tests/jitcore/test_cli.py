@@ -64,3 +64,36 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
         codes.append(result.stderr.split()[1].rstrip(":"))
     assert codes[:4] == ["ORDER_NOT_EXIST", "AMOUNT_INVALID", "ELEMENT_NOT_FOUND", "FUNCTION_NOT_FOUND"]
+
+
+def test_serve_runs_the_app_over_http(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    import httpx
+
+    write(tmp_path, "appId: shop\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for workers in ("1", "2"):
+        server = subprocess.Popen([JIT, "serve", "app.yaml", "--port", str(port), "--workers", workers], cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                    break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline, "jit serve did not come up"
+                    time.sleep(0.2)
+            assert response.json() == {"status": "ok", "database": "ok", "app": "shop"}
+            created = httpx.post(f"http://127.0.0.1:{port}/api/shop/pays/services/PaySvc/create",
+                                 json={"subject": "x", "amount": "1.00"}, timeout=5)
+            assert created.status_code == 401  # no API key configured: every protected function is closed
+        finally:
+            server.terminate()
+            server.wait(timeout=20)
+    bad = run("serve", "missing.yaml", cwd=tmp_path)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr

@@ -103,3 +103,28 @@ def test_cashier_status_finds_a_payment_whose_notification_never_arrives(tmp_pat
         status = httpx.get(f"{live.url}{cashier.path}/status", params={"token": token}, timeout=10).json()
         assert status["status"] == "success"  # the status endpoint asked Alipay (alipay.trade.query)
         assert pay_service.query(orderId=order["orderId"])["provider"] == "pays.AliPayType"
+
+
+def test_documented_usage_literally_on_postgresql(tmp_path: Path, postgres_server: Any) -> None:
+    with start_live_app(tmp_path, database=postgres_server.new_database()) as live:
+        app = live.app
+        pay_service = app.getElement("pays.services.PaySvc")
+        result = pay_service.create("Purchase VIP Membership", 99.99)                 # orderId generated
+        assert result["status"] == "pending" and result["amount"] == Decimal("99.99")
+        result = pay_service.create(subject="Product Order", amount=299.00, orderId="CUSTOM_ORDER_001")
+        assert {k: result[k] for k in ("orderId", "status", "amount", "subject")} == {
+            "orderId": "CUSTOM_ORDER_001", "status": "pending", "amount": Decimal("299.00"), "subject": "Product Order"}
+        status = pay_service.query(orderId="CUSTOM_ORDER_001")
+        assert status["status"] == "pending" and status["payTime"] is None
+        url = pay_service.getPayUrl(orderId="CUSTOM_ORDER_001", fullName="pays.AliPayType", payType="pc")
+        assert set(url) >= {"payUrl", "qrCode", "orderId"}
+        assert pay_service.check(orderId="CUSTOM_ORDER_001", fullName="pays.AliPayType")["status"] == "pending"
+        pay_in_wallet(url["payUrl"])
+        wait_for(lambda: pay_service.query(orderId="CUSTOM_ORDER_001")["status"] == "success")
+        checked = pay_service.check(orderId="CUSTOM_ORDER_001", fullName="pays.AliPayType")
+        assert checked["status"] == "success" and checked["payTime"] is not None
+
+        wechat = pay_service.create(subject="Product Order", amount="19.90")
+        url = pay_service.getPayUrl(orderId=wechat["orderId"], fullName="pays.WechatPayType", payType="pc")
+        pay_in_wallet(url["payUrl"])
+        wait_for(lambda: pay_service.query(orderId=wechat["orderId"])["status"] == "success")
