@@ -30,6 +30,8 @@ class OrderView:
     subject: str
     amount: Decimal  # yuan, exactly two places
     createdAt: datetime
+    #: the provider's trade number of the payment, once the order is paid (refunds may need it)
+    tradeNo: str | None = None
 
 
 @dataclass(frozen=True)

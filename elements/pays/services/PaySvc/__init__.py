@@ -387,7 +387,7 @@ class PaySvc(NormalService):
     def order_view(order: PayOrder) -> OrderView:
         """What providers may know of an order."""
         return OrderView(orderId=order.orderId, subject=order.subject, amount=from_fen(order.amountFen),
-                         createdAt=as_utc(order.createdAt))  # type: ignore[arg-type]
+                         createdAt=as_utc(order.createdAt), tradeNo=order.tradeNo)  # type: ignore[arg-type]
 
     def _order(self, orderId: str) -> PayOrder:
         order = self.store.get(orderId)
