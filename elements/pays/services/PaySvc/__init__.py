@@ -114,6 +114,10 @@ class PaySvc(NormalService):
             self.store.audit("check", "provider-error", provider=fullName, order_id=orderId, error_code=exc.code,
                              message=exc.message, payload=exc.details)
             raise
+        if state.orderId != orderId:  # never apply one trade's answer to another order
+            self.store.audit("check", "rejected", provider=fullName, order_id=orderId, error_code="PROVIDER_ERROR",
+                             message=f"the answer is about order {state.orderId}", payload=dict(state.raw))
+            raise ProviderError(f"{fullName} answered about order {state.orderId!r} when asked about {orderId}")
         ok, _ = self.apply_state(provider, state, kind="check")
         result = self.query(orderId)
         result["providerStatus"] = state.status
