@@ -412,3 +412,13 @@ def test_refresh_pending_asks_the_providers_at_most_every_interval(app: Any, pay
     assert svc.refresh_pending(order_id).status == "success"
     assert fake_plugin.EVENTS.count(("paid", order_id)) == 1
     assert svc.refresh_pending("NO_SUCH_ORDER") is None
+
+
+def test_check_refuses_an_answer_about_another_order(app: Any, pay: Any) -> None:
+    first = pay.create("Book", "8.00")["orderId"]
+    other = pay.create("Book", "8.00")["orderId"]
+    fake_class(app).trades[f"{FAKE}:{first}"] = TradeState(other, "success", "T7", Decimal("8.00"))
+    with pytest.raises(ProviderError):
+        pay.check(orderId=first, fullName=FAKE)
+    assert pay.query(orderId=first)["status"] == "pending" and pay.query(orderId=other)["status"] == "pending"
+    assert audit(app, first)[-1].outcome == "rejected"
