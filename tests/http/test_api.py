@@ -3,17 +3,15 @@ every error status with its JSON shape, stable code and no secret in it."""
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import uuid
 from typing import Any, Iterable, Iterator
-from urllib.parse import urljoin
 
 import httpx
 import pytest
 
-from tests.support.live import API_KEY, LiveApp, start_live_app, wait_for
+from tests.support.live import API_KEY, LiveApp, pay_in_wallet, start_live_app, wait_for
 
 SVC = "/api/shop/pays/services/PaySvc"
 PAYSVC = "pays.services.PaySvc"
@@ -49,16 +47,6 @@ def assert_error(live: LiveApp, response: httpx.Response, status: int, code: str
     assert isinstance(error["message"], str) and error["message"].strip(), body
     assert_no_secret(live, response.text)
     return error
-
-
-def pay_in_wallet(pay_url: str) -> None:
-    """What the buyer does in the sandbox wallet: open the payment (scan the QR code / follow the link), press pay."""
-    page = httpx.get(pay_url, timeout=10, follow_redirects=True)
-    assert page.status_code == 200, page.text
-    action = re.search(r'<form method="post" action="([^"]+)"', page.text)
-    assert action, page.text
-    paid = httpx.post(urljoin(str(page.url), html.unescape(action.group(1))), timeout=10)
-    assert paid.status_code in (200, 303), paid.text
 
 
 # -- fixtures -------------------------------------------------------------------------------------------------------

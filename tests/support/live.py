@@ -4,6 +4,8 @@ on a free loopback port serving the app's ASGI application (notify callbacks, sa
 from __future__ import annotations
 
 import asyncio
+import html
+import re
 import contextlib
 import socket
 import threading
@@ -11,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -149,6 +152,16 @@ def start_live_app(directory: Path, **options: Any) -> Iterator[LiveApp]:
     finally:
         server.stop()
         app.close()
+
+
+def pay_in_wallet(pay_url: str) -> None:
+    """What the buyer does in the sandbox wallet: open the payment (scan the QR code / follow the link), press pay."""
+    page = httpx.get(pay_url, timeout=10, follow_redirects=True)
+    assert page.status_code == 200, page.text
+    action = re.search(r'<form method="post" action="([^"]+)"', page.text)
+    assert action, page.text
+    paid = httpx.post(urljoin(str(page.url), html.unescape(action.group(1))), timeout=10)
+    assert paid.status_code in (200, 303), paid.text
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:

@@ -4,27 +4,14 @@ reaching the same state when no notification arrives."""
 
 from __future__ import annotations
 
-import html
-import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import httpx
 import pytest
 
-from tests.support.live import LiveApp, start_live_app, wait_for
-
-
-def pay_in_wallet(pay_url: str) -> None:
-    """What the buyer does: open the payment (scan the QR code / follow the link) and press pay."""
-    page = httpx.get(pay_url, timeout=10, follow_redirects=True)
-    assert page.status_code == 200, page.text
-    action = re.search(r'<form method="post" action="([^"]+)"', page.text)
-    assert action, page.text
-    paid = httpx.post(urljoin(str(page.url), html.unescape(action.group(1))), timeout=10)
-    assert paid.status_code in (200, 303), paid.text
+from tests.support.live import LiveApp, pay_in_wallet, start_live_app, wait_for
 
 
 @pytest.fixture(params=["MD5", "HMAC-SHA256"])
