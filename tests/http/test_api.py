@@ -4,7 +4,6 @@ every error status with its JSON shape, stable code and no secret in it."""
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any, Iterable, Iterator
 
