@@ -140,8 +140,8 @@ class PaySvc(NormalService):
                 self.store.audit("close", "provider-error", provider=fullName, order_id=orderId,
                                  error_code=exc.code, message=exc.message, payload=exc.details)
                 raise
-        if self.store.transition(orderId, "closed"):
-            self.store.audit("close", "pending->closed", order_id=orderId)
+        if self.store.transition(orderId, "closed", record=self.store.audit_row("close", "pending->closed",
+                                                                               order_id=orderId)):
             result = self.query(orderId)
             self._fire("jit_order_closed", orderId, order=result)
             return result
@@ -188,8 +188,9 @@ class PaySvc(NormalService):
         self.store.audit("refund", "refunded", provider=provider.fullName, order_id=orderId, verified=True,
                          payload={"refundId": refund_id, "amount": str(from_fen(fen)), **dict(result.raw)})
         after = self._order(orderId)
-        if after.refundedFen >= after.amountFen and self.store.transition(orderId, "refunded"):
-            self.store.audit("refund", "success->refunded", provider=provider.fullName, order_id=orderId)
+        if after.refundedFen >= after.amountFen:
+            self.store.transition(orderId, "refunded", record=self.store.audit_row(
+                "refund", "success->refunded", provider=provider.fullName, order_id=orderId))
         refund_result = self.refund_dict(refund)
         self._fire("jit_order_refunded", orderId, order=self.query(orderId), refund=refund_result)
         return refund_result
@@ -285,8 +286,8 @@ class PaySvc(NormalService):
                                  message=f"paid {state.paidAmount}, order amount {from_fen(order.amountFen)}", **audit)
                 return False, "amount mismatch"
             if self.store.transition(order.orderId, "success", provider=provider.fullName, tradeNo=state.tradeNo,
-                                     payTime=as_utc(state.payTime) or utcnow()):
-                self.store.audit(kind, "pending->success", **audit)
+                                     payTime=as_utc(state.payTime) or utcnow(),
+                                     record=self.store.audit_row(kind, "pending->success", **audit)):
                 self._fire("jit_order_paid", order.orderId, order=self.query(order.orderId))
                 return True, "OK"
             order = self.store.get(order.orderId) or order
@@ -307,8 +308,8 @@ class PaySvc(NormalService):
                 self.store.audit(kind, "unchanged",
                                  message=f"{state.status} at {provider.fullName}, still payable via others", **audit)
                 return True, "OK"
-            if self.store.transition(order.orderId, state.status):
-                self.store.audit(kind, f"pending->{state.status}", **audit)
+            if self.store.transition(order.orderId, state.status,
+                                     record=self.store.audit_row(kind, f"pending->{state.status}", **audit)):
                 if state.status == "closed":
                     self._fire("jit_order_closed", order.orderId, order=self.query(order.orderId))
                 return True, "OK"

@@ -114,17 +114,21 @@ class OrderStore:
         with self.session() as session:
             return session.get(PayOrder, order_id)
 
-    def transition(self, order_id: str, target: str, **fields: Any) -> bool:
+    def transition(self, order_id: str, target: str, *, record: PayAudit | None = None, **fields: Any) -> bool:
         """Move the order to ``target`` if it is in one of the allowed source states, setting ``fields`` too. One
-        conditional UPDATE; True if this call made the change."""
+        conditional UPDATE; True if this call made the change. ``record`` (an :meth:`audit_row`) is written in the
+        same transaction when the change is made, so a change is never without its record."""
         sources = ALLOWED_SOURCES[target]
         values = {"status": target, "updatedAt": utcnow(), **fields}
         with self.session() as session:
             result = session.execute(update(PayOrder)
                                      .where(PayOrder.orderId == order_id, PayOrder.status.in_(sources))
                                      .values(**values))
+            changed = result.rowcount == 1
+            if changed and record is not None:
+                session.add(record)
             session.commit()
-            return result.rowcount == 1
+            return changed
 
     # -- attempts -----------------------------------------------------------------------------------------------------
     def add_attempt(self, attempt: PayAttempt) -> None:
@@ -217,22 +221,28 @@ class OrderStore:
                                      .order_by(PayRefund.id)).scalars().all())
 
     # -- audit --------------------------------------------------------------------------------------------------------
-    def audit(self, kind: str, outcome: str, *, provider: str | None = None, order_id: str | None = None,
-              verified: bool | None = None, error_code: str | None = None, message: str | None = None,
-              payload: Any = None) -> None:
+    def audit(self, kind: str, outcome: str, **fields: Any) -> None:
         """Record what a provider told us (or what we refused), in its own transaction so that it is kept whatever
-        else happens."""
+        else happens. ``fields`` as for :meth:`audit_row`."""
+        with self.session() as session:
+            session.add(self.audit_row(kind, outcome, **fields))
+            session.commit()
+
+    @staticmethod
+    def audit_row(kind: str, outcome: str, *, provider: str | None = None, order_id: str | None = None,
+                  verified: bool | None = None, error_code: str | None = None, message: str | None = None,
+                  payload: Any = None) -> PayAudit:
+        """An audit record (not yet written): what happened (``outcome``, e.g. ``pending->success``, ``unchanged``,
+        ``rejected``), about which provider and order, whether the signature verified, the error code of a
+        rejection and the raw payload (JSON, cut at 64 KiB, hostile characters escaped)."""
         if payload is not None and not isinstance(payload, str):
             payload = json.dumps(payload, ensure_ascii=False, default=str, sort_keys=True)
         if payload is not None and len(payload) > PAYLOAD_LIMIT:
             payload = payload[:PAYLOAD_LIMIT] + "...(truncated)"
-        row = PayAudit(at=utcnow(), kind=kind, outcome=outcome[:64], provider=provider,
-                       orderId=storable_text(order_id[:64]) if isinstance(order_id, str) else None,
-                       verified=verified, errorCode=error_code, message=storable_text(message),
-                       payload=storable_text(payload))
-        with self.session() as session:
-            session.add(row)
-            session.commit()
+        return PayAudit(at=utcnow(), kind=kind, outcome=outcome[:64], provider=provider,
+                        orderId=storable_text(order_id[:64]) if isinstance(order_id, str) else None,
+                        verified=verified, errorCode=error_code, message=storable_text(message),
+                        payload=storable_text(payload))
 
     def audit_log(self, order_id: str | None = None, kinds: Iterable[str] | None = None) -> list[PayAudit]:
         """Audit rows, oldest first (for one order, of some kinds)."""
