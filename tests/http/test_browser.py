@@ -169,8 +169,7 @@ def test_on_a_phone_the_cashier_links_to_the_wallet(browser, shop, provider):
 
 
 def test_switching_between_qr_code_and_link(context, shop):
-    # Alipay: one order offered both ways (precreate, then wap.pay). (WeChat Pay refuses a second trade type for the
-    # same out_trade_no, "201 商户订单号重复"; the cashier then shows that error.)
+    # Alipay: one order offered both ways (precreate, then wap.pay).
     page = context.new_page()
     buy(page, shop, "sticker")
     page.get_by_test_id("choose-alipay").click()
@@ -182,6 +181,38 @@ def test_switching_between_qr_code_and_link(context, shop):
     page.locator("#qr-image").wait_for(state="visible")
     assert page.get_by_test_id("choose-alipay").get_attribute("aria-pressed") == "true"
     assert page.get_by_test_id("error").is_hidden()
+
+
+def test_switching_wechat_between_qr_code_and_link_then_paying_through_the_link(context, shop):
+    # WeChat Pay refuses a second trade type for one out_trade_no ("201 商户订单号重复"); the provider gives the QR
+    # code (NATIVE) and the link (MWEB) separate WeChat orders joined by attach, so switching works both ways.
+    page = context.new_page()
+    errors = watch_console(page)
+    cashier_url = buy(page, shop, "sticker")
+    order_id = urlsplit(cashier_url).path.rsplit("/", 1)[-1]
+    page.get_by_test_id("choose-wechat").click()
+    qr = page.locator("#qr-image")
+    qr.wait_for(state="visible")
+    qr_url = qr.get_attribute("data-pay-url")
+    page.get_by_test_id("mode-toggle").click()  # "pay on this phone"
+    link = page.get_by_test_id("pay-link")
+    link.wait_for(state="visible")
+    assert page.locator("#qr-view").is_hidden() and page.get_by_test_id("error").is_hidden()
+    page.get_by_test_id("mode-toggle").click()  # back to the QR code: still the same one
+    qr.wait_for(state="visible")
+    assert qr.get_attribute("data-pay-url") == qr_url and page.get_by_test_id("error").is_hidden()
+    page.get_by_test_id("mode-toggle").click()  # and the link again
+    link.wait_for(state="visible")
+    pay_url = link.get_attribute("href")
+    assert pay_url != qr_url and page.get_by_test_id("error").is_hidden()
+
+    pay_in_wallet(context, pay_url, shop)  # pay through the link
+    page.locator("#paid-view").wait_for(state="visible")
+    assert page.locator("#status").get_attribute("data-status") == "success"
+    paid = shop.pay_service.query(orderId=order_id)
+    assert paid["status"] == "success" and paid["provider"] == "pays.WechatPayType"
+    assert 'data-state="SUCCESS"' not in context.request.get(qr_url).text()  # the QR code's trade was not paid
+    assert errors == []
 
 
 def test_a_provider_failure_is_shown_not_swallowed(context, shop):

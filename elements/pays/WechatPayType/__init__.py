@@ -3,10 +3,18 @@
 payTypes: ``pc`` → ``unifiedorder`` with ``trade_type=NATIVE`` (``payUrl`` is the ``code_url`` the buyer scans, plus a
 QR image); ``mobile`` → ``trade_type=MWEB`` (``payUrl`` is the ``mweb_url`` H5 link). Protocol notes: the WeChat Pay
 v2 section of PROTOCOLS.md. Amounts cross the contract as ``Decimal`` yuan and go on the wire as integer fen.
+
+WeChat refuses a second ``unifiedorder`` for one ``out_trade_no`` with other parameters ("201 商户订单号重复"), so each
+trade type of an order is its own WeChat order: NATIVE uses ``out_trade_no = orderId``, MWEB the reference
+:func:`mweb_out_trade_no` derives from the order id. Both carry the order id in ``attach``; a notification is mapped
+back to the order through ``attach`` only when its ``out_trade_no`` is one derived from it. ``query`` and ``close``
+cover both WeChat orders; ``refund`` names the paid one by its ``transaction_id``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import re
@@ -23,7 +31,8 @@ from .config import WechatConfig, read_config
 from .signing import verify_sign
 from .wirexml import NOTIFY_MAX_BYTES, XmlRejected, build_cdata_xml, parse_xml
 
-__all__ = ["WechatPayType", "yuan_to_fen", "fen_to_yuan", "cut_utf8", "parse_time_end"]
+__all__ = ["WechatPayType", "yuan_to_fen", "fen_to_yuan", "cut_utf8", "parse_time_end", "mweb_out_trade_no",
+           "out_trade_nos", "MWEB_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,9 @@ MWEB_VALIDITY = timedelta(minutes=5)
 MWEB_MARGIN = timedelta(minutes=1)
 
 _OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-|*]{1,32}$")
+#: The start of every MWEB ``out_trade_no`` (see :func:`mweb_out_trade_no`); order ids may not start with it.
+MWEB_PREFIX = "H-"
+_MWEB_DOMAIN = b"jitpay/wechat/MWEB/out_trade_no\x00"
 _TRADE_STATES = {
     "SUCCESS": "success",
     "REFUND": "refunded",
@@ -92,6 +104,21 @@ def parse_time_end(value: str | None) -> datetime | None:
         return None
 
 
+def mweb_out_trade_no(orderId: str) -> str:
+    """The ``out_trade_no`` of the order's MWEB (H5) WeChat order: ``H-`` and the first 30 characters of the base32
+    SHA-256 of the order id (32 characters of ``A-Z2-7-``, valid for WeChat). Deterministic, so a repeated ``mobile``
+    finds the same WeChat order; the ``-`` keeps it apart from every order id PaySvc makes or accepts
+    (``[A-Za-z0-9_]{6,32}``), and the provider refuses order ids starting with ``H-``; 150 bits of digest keep two
+    order ids from sharing a reference."""
+    digest = hashlib.sha256(_MWEB_DOMAIN + orderId.encode("utf-8")).digest()
+    return MWEB_PREFIX + base64.b32encode(digest).decode("ascii")[:30]
+
+
+def out_trade_nos(orderId: str) -> dict[str, str]:
+    """Every ``out_trade_no`` the order may have at WeChat, by trade type: ``{"NATIVE": orderId, "MWEB": ...}``."""
+    return {"NATIVE": orderId, "MWEB": mweb_out_trade_no(orderId)}
+
+
 class WechatPayType(PayProvider):
     """WeChat Pay v2. Configure ``appId``, ``mchId``, ``apiKey``; optionally ``signType`` (``MD5`` | ``HMAC-SHA256``),
     ``gateway``, ``notifyUrl``, ``certPath``/``keyPath`` (refunds), ``spbillCreateIp``, ``timeout``."""
@@ -116,11 +143,15 @@ class WechatPayType(PayProvider):
         while the ``prepay_id`` is), ``mobile`` → MWEB (``payUrl`` = ``mweb_url``, valid about 5 minutes).
 
         WeChat accepts the same ``out_trade_no`` again only with identical parameters (``nonce_str`` and
-        ``spbill_create_ip`` aside), so everything sent here is derived from the order and the config alone. A
-        second payType for the same order is therefore refused by WeChat (``INVALID_REQUEST``, "201 商户订单号重复")."""
+        ``spbill_create_ip`` aside), so everything sent here is derived from the order and the config alone, and each
+        trade type has its own ``out_trade_no`` (NATIVE: the order id; MWEB: :func:`mweb_out_trade_no`): an order can
+        be offered both ways, in either order and repeatedly. ``attach`` carries the order id on both (a NATIVE
+        order WeChat already has without ``attach``, made by an older JitPay, is asked for again as it was)."""
         if payType not in self.payTypes:
             raise UnsupportedPayType(f"{self.fullName} supports payTypes {', '.join(self.payTypes)}, not {payType!r}")
-        out_trade_no = self._out_trade_no(order)
+        refs = self._out_trade_nos(order)
+        trade_type = "NATIVE" if payType == "pc" else "MWEB"
+        out_trade_no = refs[trade_type]
         fields: dict[str, Any] = {
             "body": cut_utf8(order.subject, 128),
             "out_trade_no": out_trade_no,
@@ -128,18 +159,27 @@ class WechatPayType(PayProvider):
             "fee_type": "CNY",
             "spbill_create_ip": clientIp or self.settings.spbillCreateIp,
             "notify_url": self.settings.notifyUrl,
+            "attach": order.orderId,
         }
         now = datetime.now(timezone.utc)
-        if payType == "pc":
+        if trade_type == "NATIVE":
             fields.update(trade_type="NATIVE", product_id=out_trade_no)
-            answer = self.api.call("pay/unifiedorder", fields)
+            try:
+                answer = self.api.call("pay/unifiedorder", fields)
+            except ProviderError as exc:
+                if exc.provider_code != "INVALID_REQUEST":
+                    raise
+                # A NATIVE order created before attach was sent (an older JitPay) differs only by attach: ask for
+                # that one again; its notification maps by out_trade_no alone.
+                answer = self.api.call("pay/unifiedorder", {k: v for k, v in fields.items() if k != "attach"})
             code_url = answer.get("code_url")
             if not code_url:
                 raise ProviderError("WeChat Pay unifiedorder (NATIVE) answered without code_url",
                                     provider_code="INVALID_RESPONSE")
             return PaymentPrep(payUrl=code_url, qrCode=self.qr_data_uri(code_url),
                                expiresAt=now + PREPAY_VALIDITY - PREPAY_MARGIN,
-                               extra={"prepay_id": answer.get("prepay_id"), "trade_type": "NATIVE"})
+                               extra={"prepay_id": answer.get("prepay_id"), "trade_type": "NATIVE",
+                                      "out_trade_no": out_trade_no})
         base = (getattr(self.app, "baseUrl", None) or "").rstrip("/") or self.settings.notifyUrl
         title = getattr(self.app, "title", None) or getattr(self.app, "appId", None) or "JitPay"
         scene = {"h5_info": {"type": "Wap", "wap_url": base, "wap_name": cut_utf8(str(title), 64)}}
@@ -150,48 +190,88 @@ class WechatPayType(PayProvider):
             raise ProviderError("WeChat Pay unifiedorder (MWEB) answered without mweb_url",
                                 provider_code="INVALID_RESPONSE")
         return PaymentPrep(payUrl=mweb_url, qrCode=None, expiresAt=now + MWEB_VALIDITY - MWEB_MARGIN,
-                           extra={"prepay_id": answer.get("prepay_id"), "trade_type": "MWEB"})
+                           extra={"prepay_id": answer.get("prepay_id"), "trade_type": "MWEB",
+                                  "out_trade_no": out_trade_no})
 
     def query(self, order: OrderView) -> TradeState:
-        """``orderquery`` by ``out_trade_no``, mapped onto the contract's states (``SUCCESS`` → success,
-        ``NOTPAY``/``USERPAYING`` → pending, ``CLOSED``/``REVOKED`` → closed, ``PAYERROR`` → failed, ``REFUND`` →
-        refunded, still carrying the payment's transaction id and amount). A trade WeChat does not know
-        (``ORDERNOTEXIST``) is pending; it is logged, since ``unifiedorder`` normally creates it."""
-        out_trade_no = self._out_trade_no(order)
-        answer = self.api.call("pay/orderquery", {"out_trade_no": out_trade_no}, accept_errors={"ORDERNOTEXIST"})
-        if answer.get("result_code") != "SUCCESS":
+        """``orderquery`` of every WeChat order the order may have (NATIVE, then MWEB), combined into one answer.
+
+        Each answer maps onto the contract's states (``SUCCESS`` → success, ``REFUND`` → refunded, both carrying the
+        payment's transaction id and amount; ``NOTPAY``/``USERPAYING`` → pending; ``CLOSED``/``REVOKED`` → closed;
+        ``PAYERROR`` → failed); ``ORDERNOTEXIST`` means that trade type was never asked for. The rule:
+
+        1. a paid one (success or refunded) is the answer: the one whose transaction id is ``order.tradeNo`` if any,
+           else the first (NATIVE before MWEB). Two paid ones (the buyer paid twice) are logged as a warning; PaySvc
+           records the other payment when its notification arrives;
+        2. else a pending one makes the order pending (it can still be paid);
+        3. else if WeChat knows none of them, pending (logged: ``unifiedorder`` normally creates one);
+        4. else every existing one is over: failed if one of them says ``PAYERROR``, otherwise closed.
+
+        A ``ProviderError`` on one query is raised, unless another one found the order paid (a definite answer)."""
+        refs = self._out_trade_nos(order)
+        answers: list[tuple[str, dict[str, str]]] = []
+        states: list[TradeState] = []
+        errors: list[ProviderError] = []
+        for trade_type, out_trade_no in refs.items():
+            try:
+                answer = self.api.call("pay/orderquery", {"out_trade_no": out_trade_no},
+                                       accept_errors={"ORDERNOTEXIST"})
+                answers.append((trade_type, answer))
+                if answer.get("result_code") == "SUCCESS":
+                    states.append(self._query_state(order, out_trade_no, answer))
+            except ProviderError as exc:
+                errors.append(exc)
+        paid = [s for s in states if s.status in ("success", "refunded")]
+        if paid:
+            if len(paid) > 1:
+                log.warning("%s: order %s was paid more than once at WeChat Pay (transactions %s); reporting %s",
+                            self.fullName, order.orderId, ", ".join(str(s.tradeNo) for s in paid),
+                            next((s.tradeNo for s in paid if s.tradeNo == order.tradeNo), paid[0].tradeNo))
+            if errors:
+                log.warning("%s: order %s is paid; another orderquery failed: %s", self.fullName, order.orderId,
+                            errors[0].message)
+            return next((s for s in paid if order.tradeNo and s.tradeNo == order.tradeNo), paid[0])
+        if errors:
+            raise errors[0]
+        pending = [s for s in states if s.status == "pending"]
+        if pending:
+            return pending[0]
+        if not states:
             log.warning("%s: WeChat Pay does not know order %s (ORDERNOTEXIST); treated as pending",
                         self.fullName, order.orderId)
-            return TradeState(orderId=order.orderId, status="pending", raw=answer)
-        if answer.get("out_trade_no") not in (None, "", out_trade_no):
-            raise ProviderError("WeChat Pay orderquery answered about another order", provider_code="INVALID_RESPONSE")
-        trade_state = answer.get("trade_state", "")
-        status = _TRADE_STATES.get(trade_state)
-        if status is None:
-            raise ProviderError(f"WeChat Pay orderquery gave an unknown trade_state {trade_state!r}",
-                                provider_code="INVALID_RESPONSE", provider_message=answer.get("trade_state_desc"))
-        if status in ("success", "refunded"):
-            return self._paid_state(order.orderId, status, answer, ProviderError)
-        return TradeState(orderId=order.orderId, status=status, raw=answer)  # type: ignore[arg-type]
+            return TradeState(orderId=order.orderId, status="pending", raw=answers[0][1])
+        failed = [s for s in states if s.status == "failed"]
+        return failed[0] if failed else states[0]
 
     def close(self, order: OrderView) -> None:
-        """``closeorder``. A trade WeChat does not know, or one already closed, is fine; a paid one raises
-        ``ProviderError`` with ``provider_code="ORDERPAID"`` (query it and apply the payment instead). Real WeChat
-        refuses to close an order within 5 minutes of creating it (``ProviderError`` too)."""
-        self.api.call("pay/closeorder", {"out_trade_no": self._out_trade_no(order)},
-                      accept_errors={"ORDERNOTEXIST", "ORDERCLOSED"})
+        """``closeorder`` of every WeChat order the order may have (NATIVE and MWEB). A trade WeChat does not know,
+        or one already closed, is fine; a paid one raises ``ProviderError`` with ``provider_code="ORDERPAID"`` (query
+        it and apply the payment instead). Real WeChat refuses to close an order within 5 minutes of creating it
+        (``ProviderError`` too). Every one is tried; the first error (a paid one first) is raised afterwards."""
+        errors: list[ProviderError] = []
+        for out_trade_no in self._out_trade_nos(order).values():
+            try:
+                self.api.call("pay/closeorder", {"out_trade_no": out_trade_no},
+                              accept_errors={"ORDERNOTEXIST", "ORDERCLOSED"})
+            except ProviderError as exc:
+                errors.append(exc)
+        if errors:
+            raise next((e for e in errors if e.provider_code == "ORDERPAID"), errors[0])
 
     def refund(self, order: OrderView, refundId: str, amount: Decimal, totalRefunded: Decimal,
                reason: str | None = None) -> RefundResult:
         """``/secapi/pay/refund`` with ``out_refund_no=refundId`` (WeChat refunds an ``out_refund_no`` once), sent
-        with the merchant client certificate. Without ``certPath`` this fails before calling an ``https`` gateway."""
+        with the merchant client certificate. The paid WeChat order is named by ``transaction_id=order.tradeNo``
+        (whichever trade type was paid); without a ``tradeNo`` by ``out_trade_no`` = the order id (the NATIVE one).
+        Without ``certPath`` this fails before calling an ``https`` gateway."""
         if not self.api.sslContext and self.settings.gateway.startswith("https://"):
             raise ProviderError(f"{self.fullName}: WeChat Pay refunds need the merchant API client certificate; set "
                                 f"certPath (and keyPath) in its config", provider_code="CERT_MISSING")
         if not refundId or len(refundId) > 64:
             raise ProviderError("refundId must be 1 to 64 characters for WeChat Pay", provider_code="INVALID_REQUEST")
+        trade = {"transaction_id": order.tradeNo} if order.tradeNo else {"out_trade_no": self._out_trade_no(order)}
         fields = {
-            "out_trade_no": self._out_trade_no(order),
+            **trade,
             "out_refund_no": refundId,
             "total_fee": yuan_to_fen(order.amount),
             "refund_fee": yuan_to_fen(amount),
@@ -222,7 +302,13 @@ class WechatPayType(PayProvider):
         """Verify a payment notification: the signature over every received field (``SignatureInvalid``), then
         ``return_code``, ``appid`` and ``mch_id`` (``NotifyInvalid``). ``result_code=FAIL`` reports ``failed``;
         ``SUCCESS`` reports ``success`` with ``transaction_id``, ``total_fee`` as yuan and ``time_end``. Checking
-        the amount against the order is the caller's job."""
+        the amount against the order is the caller's job.
+
+        The order: ``attach`` when ``out_trade_no`` is one of the references derived from it (the order id itself
+        for NATIVE, :func:`mweb_out_trade_no` for MWEB), recomputed here, never taken on trust. Otherwise an MWEB
+        reference (``H-...``) cannot be mapped and is ``NotifyInvalid``; any other ``out_trade_no`` is the order id
+        itself (a NATIVE order: WeChat's own key decides, an ``attach`` that names another order is ignored and
+        logged)."""
         if any(not isinstance(k, str) or not isinstance(v, str) for k, v in fields.items()):
             raise NotifyInvalid("WeChat Pay notification fields must all be text")
         if not fields.get("sign"):
@@ -235,9 +321,7 @@ class WechatPayType(PayProvider):
             raise NotifyInvalid(f"WeChat Pay notification is for appid {fields.get('appid')!r}, not ours")
         if fields.get("mch_id") != self.settings.mchId:
             raise NotifyInvalid(f"WeChat Pay notification is for mch_id {fields.get('mch_id')!r}, not ours")
-        orderId = fields.get("out_trade_no")
-        if not orderId:
-            raise NotifyInvalid("WeChat Pay notification has no out_trade_no")
+        orderId = self._notified_order_id(fields.get("out_trade_no") or "", fields.get("attach") or "")
         if fields.get("result_code") != "SUCCESS":
             return TradeState(orderId=orderId, status="failed", tradeNo=fields.get("transaction_id") or None,
                               raw=dict(fields))
@@ -252,10 +336,47 @@ class WechatPayType(PayProvider):
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _out_trade_no(self, order: OrderView) -> str:
-        if not _OUT_TRADE_NO.match(order.orderId or ""):
-            raise OrderIdInvalid(f"WeChat Pay needs an order id of at most 32 letters, digits or _-|*, "
-                                 f"not {order.orderId!r}")
+        """The order id as a NATIVE ``out_trade_no`` (``OrderIdInvalid`` if WeChat cannot take it, or if it starts
+        with the prefix reserved for MWEB references)."""
+        if not _OUT_TRADE_NO.match(order.orderId or "") or order.orderId.startswith(MWEB_PREFIX):
+            raise OrderIdInvalid(f"WeChat Pay needs an order id of at most 32 letters, digits or _-|*, not starting "
+                                 f"with {MWEB_PREFIX!r}, not {order.orderId!r}")
         return order.orderId
+
+    def _out_trade_nos(self, order: OrderView) -> dict[str, str]:
+        return out_trade_nos(self._out_trade_no(order))
+
+    @staticmethod
+    def _notified_order_id(out_trade_no: str, attach: str) -> str:
+        """The order a (verified) notification is about; see :meth:`verify_notify`."""
+        if not out_trade_no:
+            raise NotifyInvalid("WeChat Pay notification has no out_trade_no")
+        if attach and out_trade_no in out_trade_nos(attach).values():
+            return attach
+        if out_trade_no.startswith(MWEB_PREFIX):
+            raise NotifyInvalid(f"WeChat Pay notification for MWEB out_trade_no {out_trade_no!r} cannot be mapped to "
+                                f"an order: its attach {attach[:64]!r} is not the order it was derived from")
+        if attach:
+            log.warning("WeChat Pay notification for order %s carries attach %r naming another order; ignored",
+                        out_trade_no, attach[:64])
+        return out_trade_no
+
+    def _query_state(self, order: OrderView, out_trade_no: str, answer: Mapping[str, str]) -> TradeState:
+        """One ``orderquery`` answer (``result_code=SUCCESS``) about ``out_trade_no`` of ``order`` as a state."""
+        if answer.get("out_trade_no") not in (None, "", out_trade_no):
+            raise ProviderError("WeChat Pay orderquery answered about another order", provider_code="INVALID_RESPONSE")
+        if out_trade_no != order.orderId and answer.get("attach") not in (None, "", order.orderId):
+            # the MWEB reference is joined to the order only through attach, as in notifications
+            raise ProviderError(f"WeChat Pay orderquery of {out_trade_no} answered about another order (attach "
+                                f"{answer.get('attach', '')[:64]!r})", provider_code="INVALID_RESPONSE")
+        trade_state = answer.get("trade_state", "")
+        status = _TRADE_STATES.get(trade_state)
+        if status is None:
+            raise ProviderError(f"WeChat Pay orderquery gave an unknown trade_state {trade_state!r}",
+                                provider_code="INVALID_RESPONSE", provider_message=answer.get("trade_state_desc"))
+        if status in ("success", "refunded"):
+            return self._paid_state(order.orderId, status, answer, ProviderError)
+        return TradeState(orderId=order.orderId, status=status, raw=dict(answer))  # type: ignore[arg-type]
 
     @staticmethod
     def _paid_state(orderId: str, status: str, fields: Mapping[str, str], error: type[Exception]) -> TradeState:

@@ -2,7 +2,9 @@
 
 It answers what the real API answers, the way it answers it: XML in and out, request signatures checked (MD5 or
 HMAC-SHA256, as the request's ``sign_type`` says) and ``FAIL``/``签名错误`` on a bad one, answers signed with the
-request's sign type, WeChat's trade states, its refusal of a reused ``out_trade_no`` with other parameters, and a
+request's sign type, WeChat's trade states, its refusal of a reused ``out_trade_no`` with other parameters ("201
+商户订单号重复", e.g. NATIVE then MWEB for one ``out_trade_no``), ``attach`` echoed in notifications and ``orderquery``
+answers, refunds named by ``out_trade_no`` or ``transaction_id`` (``transaction_id`` first when both are given), and a
 signed payment notification POSTed to ``notify_url`` until the merchant answers ``SUCCESS``. In place of the WeChat
 app there is a wallet page (the ``code_url``/``mweb_url`` it hands out) where a person presses "Pay".
 
@@ -219,7 +221,8 @@ class WechatSandbox:
             trade = self._trades.get(out_trade_no)
             if trade is None:
                 return None
-            return {"out_trade_no": trade.out_trade_no, "state": trade.state, "total_fee": trade.total_fee,
+            return {"out_trade_no": trade.out_trade_no, "trade_type": trade.params["trade_type"],
+                    "attach": trade.params.get("attach", ""), "state": trade.state, "total_fee": trade.total_fee,
                     "transaction_id": trade.transaction_id, "refunded_fee": trade.refunded_fee,
                     "notify_attempts": [dict(a) for a in trade.notify_attempts]}
 
@@ -274,10 +277,10 @@ class WechatSandbox:
         out_trade_no, transaction_id = fields.get("out_trade_no"), fields.get("transaction_id")
         if not out_trade_no and not transaction_id:
             raise _Fail("缺少参数out_trade_no或transaction_id")
-        if out_trade_no:
-            trade = self._trades.get(out_trade_no)
-        else:
+        if transaction_id:  # WeChat: transaction_id takes precedence over out_trade_no
             trade = next((t for t in self._trades.values() if t.transaction_id == transaction_id), None)
+        else:
+            trade = self._trades.get(out_trade_no or "")
         if trade is None:
             raise _BizFail("ORDERNOTEXIST", "订单不存在")
         return trade
@@ -338,7 +341,9 @@ class WechatSandbox:
             answer = {"out_trade_no": trade.out_trade_no, "trade_state": trade.state,
                       "trade_state_desc": _STATE_DESC[trade.state], "total_fee": str(trade.total_fee),
                       "fee_type": trade.params.get("fee_type") or "CNY",
-                      "trade_type": trade.params["trade_type"], "attach": trade.params.get("attach", "")}
+                      "trade_type": trade.params["trade_type"]}
+            if trade.params.get("attach"):
+                answer["attach"] = trade.params["attach"]
             if trade.state in ("SUCCESS", "REFUND"):
                 answer.update(openid=trade.openid, is_subscribe="N", bank_type="OTHERS",
                               cash_fee=str(trade.total_fee), transaction_id=trade.transaction_id,
@@ -427,7 +432,8 @@ class WechatSandbox:
                 return HTMLResponse(_TEMPLATES.get_template("wechat_wallet.html").render(trade=None), status_code=404)
             view = {"out_trade_no": trade.out_trade_no, "body": trade.params["body"],
                     "amount": f"{trade.total_fee // 100}.{trade.total_fee % 100:02d}",
-                    "trade_type": trade.params["trade_type"], "state": trade.state,
+                    "trade_type": trade.params["trade_type"], "attach": trade.params.get("attach", ""),
+                    "state": trade.state,
                     "state_desc": _STATE_DESC[trade.state], "mch_id": self.settings.mchId,
                     "transaction_id": trade.transaction_id, "attempts": [dict(a) for a in trade.notify_attempts],
                     "payable": trade.state in ("NOTPAY", "USERPAYING")}

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from elements.pays.errors import ProviderError
 from elements.pays.Meta import OrderView
+from elements.pays.WechatPayType import mweb_out_trade_no
 from elements.pays.WechatPayType.signing import calculate_sign
 from elements.pays.WechatPayType.wirexml import build_cdata_xml, parse_xml
 
@@ -181,6 +182,7 @@ def test_request_shape(misbehaving, provider) -> None:
     sent = server.requests[-1]
     assert sent["total_fee"] == "7" and sent["body"] == "商" * 42 and sent["trade_type"] == "NATIVE"
     assert sent["product_id"] == ORDER.orderId and sent["out_trade_no"] == ORDER.orderId
+    assert sent["attach"] == ORDER.orderId
     assert sent["spbill_create_ip"] == "127.0.0.1"
     assert sent["notify_url"] == "http://127.0.0.1:9/api/shop/pays/services/PaySvc/wechatNotify"
     assert len(sent["nonce_str"]) == 32 and "sign_type" not in sent
@@ -199,5 +201,7 @@ def test_hmac_requests_declare_their_sign_type(misbehaving, tmp_path: Path) -> N
     sent = server.requests[-1]
     assert sent["sign_type"] == "HMAC-SHA256" and sent["sign"] == calculate_sign(sent, KEY, "HMAC-SHA256")
     assert sent["trade_type"] == "MWEB" and sent["spbill_create_ip"] == "2001:db8::1"
+    assert sent["out_trade_no"] == mweb_out_trade_no(ORDER.orderId) and sent["attach"] == ORDER.orderId
+    assert "product_id" not in sent
     assert sent["scene_info"] == ('{"h5_info":{"type":"Wap","wap_url":"https://shop.example.com",'
                                   '"wap_name":"演示商店 Demo shop"}}')

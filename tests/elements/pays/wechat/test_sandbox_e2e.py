@@ -17,6 +17,7 @@ import pytest
 
 from elements.pays.errors import ProviderError
 from elements.pays.Meta import OrderView
+from elements.pays.WechatPayType import mweb_out_trade_no
 from elements.pays.WechatPayType.signing import calculate_sign, verify_sign
 from elements.pays.WechatPayType.wirexml import build_xml, parse_xml
 from jitcore.errors import ConfigError
@@ -95,9 +96,13 @@ def test_mobile_mweb_pay_and_check_without_notification(world_factory, sign_type
     assert 'data-state="SUCCESS"' in page.text
     state = world.provider.query(order)
     assert state.status == "success" and state.paidAmount == Decimal("0.01")
+    # The MWEB trade is its own WeChat order, joined to the order by attach.
+    mweb = world.sandbox.trade_state(mweb_out_trade_no(order.orderId))
+    assert prep.extra["out_trade_no"] == mweb["out_trade_no"] and mweb["attach"] == order.orderId
+    assert world.sandbox.trade_state(order.orderId) is None
     # The retries are bounded: 1 + len(notifyRetryDelays) attempts, none acknowledged.
-    wait_for(lambda: len(world.sandbox.trade_state(order.orderId)["notify_attempts"]) == 4)
-    assert not any(a["ok"] for a in world.sandbox.trade_state(order.orderId)["notify_attempts"])
+    wait_for(lambda: len(world.sandbox.trade_state(mweb["out_trade_no"])["notify_attempts"]) == 4)
+    assert not any(a["ok"] for a in world.sandbox.trade_state(mweb["out_trade_no"])["notify_attempts"])
 
 
 def test_notification_is_retried_until_acknowledged(world: SandboxWorld) -> None:
@@ -124,9 +129,16 @@ def test_repeat_prepare_reuses_the_prepay_and_other_params_are_refused(world: Sa
     first = world.provider.prepare(order, "pc", clientIp="198.51.100.1")
     again = world.provider.prepare(order, "pc", clientIp="198.51.100.2")  # only the client IP may change
     assert again.payUrl == first.payUrl and again.extra["prepay_id"] == first.extra["prepay_id"]
-    with pytest.raises(ProviderError) as info:
-        world.provider.prepare(order, "mobile")
-    assert info.value.provider_code == "INVALID_REQUEST" and "201" in info.value.provider_message
+    # The other trade type is another WeChat order (its own out_trade_no), so WeChat's 201 rule does not bite...
+    mobile = world.provider.prepare(order, "mobile")
+    assert mobile.extra["out_trade_no"] != order.orderId and mobile.payUrl != first.payUrl
+    # ...but the sandbox still enforces the rule for one out_trade_no with other parameters, as WeChat does.
+    answer = raw_call(world, "pay/unifiedorder", {
+        "body": order.subject, "out_trade_no": order.orderId, "total_fee": "8888", "spbill_create_ip": "127.0.0.1",
+        "notify_url": world.provider.settings.notifyUrl, "trade_type": "MWEB", "attach": order.orderId,
+        "scene_info": '{"h5_info":{"type":"Wap","wap_url":"http://x","wap_name":"x"}}'})
+    assert (answer["result_code"], answer["err_code"], answer["err_code_des"]) == \
+        ("FAIL", "INVALID_REQUEST", "201 商户订单号重复")
     changed = OrderView(orderId=order.orderId, subject=order.subject, amount=Decimal("1.00"),
                         createdAt=order.createdAt)
     with pytest.raises(ProviderError, match="INVALID_REQUEST"):
