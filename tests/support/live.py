@@ -150,8 +150,8 @@ def start_live_app(directory: Path, **options: Any) -> Iterator[LiveApp]:
     try:
         yield LiveApp(app, url, yaml_path)
     finally:
+        app.close()  # first: background work (settling paid orders) may still talk to the sandbox
         server.stop()
-        app.close()
 
 
 def pay_in_wallet(pay_url: str) -> None:

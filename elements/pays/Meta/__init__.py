@@ -116,6 +116,14 @@ class PayProvider(Element):
         ``totalRefunded`` is the sum of all refunds including this one."""
         raise NotImplementedError
 
+    def settle(self, order: OrderView, paidHere: bool) -> None:
+        """The order has been paid (``order.tradeNo``), through this element (``paidHere``) or another: make
+        whatever else of it is still payable here unpayable, so that the buyer cannot pay twice. Called once, after
+        the payment is committed, for every payment element the order was offered with; errors are recorded, never
+        undo the payment. The default closes the trade unless this element took the payment."""
+        if not paidHere:
+            self.close(order)
+
     def parse_notify_body(self, body: bytes, contentType: str | None = None) -> dict[str, str]:
         """Turn the raw HTTP body of a notification into the provider's field dict, exactly as received (no
         re-encoding). Raises ``NotifyInvalid`` for a body that cannot be parsed safely."""

@@ -258,6 +258,15 @@ class WechatPayType(PayProvider):
         if errors:
             raise next((e for e in errors if e.provider_code == "ORDERPAID"), errors[0])
 
+    def settle(self, order: OrderView, paidHere: bool) -> None:
+        """Close the order's other WeChat order (NATIVE or MWEB) once one is paid, or both when another provider
+        took the payment. ``closeorder`` answers ``ORDERPAID`` for the paid one, which is expected here."""
+        try:
+            self.close(order)
+        except ProviderError as exc:
+            if not (paidHere and exc.provider_code == "ORDERPAID"):
+                raise
+
     def refund(self, order: OrderView, refundId: str, amount: Decimal, totalRefunded: Decimal,
                reason: str | None = None) -> RefundResult:
         """``/secapi/pay/refund`` with ``out_refund_no=refundId`` (WeChat refunds an ``out_refund_no`` once), sent

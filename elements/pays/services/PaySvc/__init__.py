@@ -56,6 +56,12 @@ class PaySvc(NormalService):
         self._notify_providers: dict[str, list[PayProvider]] | None = None
         self._refreshed: dict[str, float] = {}
         self._refresh_lock = threading.Lock()
+        self._settling: list[threading.Thread] = []
+        self._settle_lock = threading.Lock()
+
+    def jit_close(self) -> None:
+        """Let background settling finish."""
+        self.wait_settled()
 
     # -- declared functions -------------------------------------------------------------------------------------------
     def create(self, subject: str, amount: Decimal, orderId: str | None = None) -> dict[str, Any]:
@@ -289,6 +295,7 @@ class PaySvc(NormalService):
                                      payTime=as_utc(state.payTime) or utcnow(),
                                      record=self.store.audit_row(kind, "pending->success", **audit)):
                 self._fire("jit_order_paid", order.orderId, order=self.query(order.orderId))
+                self._settle_later(order.orderId)
                 return True, "OK"
             order = self.store.get(order.orderId) or order
             if order.status in ("success", "refunded") and order.provider == provider.fullName \
@@ -432,6 +439,37 @@ class PaySvc(NormalService):
         if existing.status == "failed" and not self.store.retry_refund(existing):
             raise RefundInvalid(f"refund of {from_fen(fen)} exceeds what is left to refund on order {order.orderId}")
         return existing
+
+    def _settle_later(self, orderId: str) -> None:
+        """In the background (the provider is waiting for our reply): tell every payment element the order was
+        offered with that it is paid, so that nothing else of it stays payable (see ``PayProvider.settle``)."""
+        thread = threading.Thread(target=self.settle, args=(orderId,), name=f"jitpay-settle-{orderId}", daemon=True)
+        with self._settle_lock:
+            self._settling = [t for t in self._settling if t.is_alive()] + [thread]
+        thread.start()
+
+    def settle(self, orderId: str) -> None:
+        """Make the other trades of a paid order unpayable, provider by provider; each outcome is recorded."""
+        order = self.store.get(orderId)
+        if order is None or order.status not in ("success", "refunded"):
+            return
+        view = self.order_view(order)
+        for fullName in self.store.attempted_providers(orderId):
+            try:
+                self.provider(fullName).settle(view, paidHere=fullName == order.provider)
+            except Exception as exc:  # recorded; the payment stands whatever happens here
+                code = getattr(exc, "code", type(exc).__name__)
+                self.store.audit("settle", "provider-error", provider=fullName, order_id=orderId, error_code=code,
+                                 message=str(exc)[:2000])
+            else:
+                self.store.audit("settle", "settled", provider=fullName, order_id=orderId)
+
+    def wait_settled(self, timeout: float = 10.0) -> None:
+        """Wait for background settling to finish (tests, shutdown)."""
+        with self._settle_lock:
+            threads = list(self._settling)
+        for thread in threads:
+            thread.join(timeout)
 
     def _fire(self, hook_name: str, order_id: str, **kwargs: Any) -> None:
         """Fire a payment event after the change is committed; a failing implementation is logged and recorded,

@@ -272,8 +272,14 @@ def test_switching_provider_first_confirmation_wins(app: Any, pay: Any) -> None:
     # the other provider confirms a second payment: kept on record for a refund, the order unchanged
     assert svc.handle_notify("fake", signed_notify(app, order_id, "8.00", trade_no="A")).body == b"ok"
     assert pay.query(orderId=order_id)["tradeNo"] == "B"
-    assert audit(app, order_id)[-1].errorCode == "DUPLICATE_PAYMENT"
+    notes = [row for row in audit(app, order_id) if row.kind == "notify"]
+    assert notes[-1].errorCode == "DUPLICATE_PAYMENT"
     assert fake_plugin.EVENTS.count(("paid", order_id)) == 1
+    # settling after the first payment closed the trade at the provider that was not paid
+    svc.wait_settled()
+    assert fake_class(app).closed == [order_id]
+    assert sorted((r.provider, r.outcome) for r in audit(app, order_id) if r.kind == "settle") == [
+        ("shop.OtherPay", "settled"), (FAKE, "settled")]
 
 
 def test_a_failing_paid_hook_never_undoes_the_payment(app: Any, pay: Any) -> None:
