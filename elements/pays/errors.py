@@ -15,46 +15,64 @@ class PayError(JitError):
 
 
 class OrderNotExist(PayError):
+    """No order has that orderId."""
+
     code = "ORDER_NOT_EXIST"
     http_status = 404
 
 
 class UnknownPayType(PayError):
+    """``fullName`` names no payment element (nothing whose type chain includes ``pays.Meta``)."""
+
     code = "UNKNOWN_PAY_TYPE"
     http_status = 400
 
 
 class UnsupportedPayType(PayError):
+    """The payment element does not offer that payType; the message lists those it does."""
+
     code = "UNSUPPORTED_PAY_TYPE"
     http_status = 400
 
 
 class AmountInvalid(PayError):
+    """Not an amount: not finite, not above 0, more than two decimal places, or over 100000000.00."""
+
     code = "AMOUNT_INVALID"
     http_status = 400
 
 
 class OrderIdInvalid(PayError):
+    """An orderId that is not 6 to 32 letters, digits or underscores (valid for both providers)."""
+
     code = "ORDER_ID_INVALID"
     http_status = 400
 
 
 class SubjectInvalid(PayError):
+    """An empty subject."""
+
     code = "SUBJECT_INVALID"
     http_status = 400
 
 
 class DuplicateOrder(PayError):
+    """The orderId exists with another subject or amount."""
+
     code = "DUPLICATE_ORDER"
     http_status = 409
 
 
 class OrderPaid(PayError):
+    """The order is paid (or refunded): it cannot be paid or closed again."""
+
     code = "ORDER_PAID"
     http_status = 409
 
 
 class OrderClosed(PayError):
+    """The order is closed: it cannot be paid."""
+
     code = "ORDER_CLOSED"
     http_status = 409
 

@@ -52,6 +52,7 @@ class PaySvc(NormalService):
     """The payment service. Declared functions are listed in its ``e.yaml``."""
 
     def jit_setup(self) -> None:
+        """Bind the order store to the app's database (tables are created on first use)."""
         self.store = OrderStore(self.app.engine)
         self._notify_providers: dict[str, list[PayProvider]] | None = None
         self._refreshed: dict[str, float] = {}
