@@ -133,3 +133,18 @@ def test_each_app_has_its_own_plugin_manager(make_app: Any) -> None:
     assert first.pm is not second.pm
     assert "demo.services.Greeter" not in first.elementNames()
 
+
+
+def test_every_hook_is_documented_in_its_docstring_and_the_readme() -> None:
+    from pathlib import Path
+
+    from elements.pays import hookspecs as pay_hookspecs
+    from jitcore import hookspecs
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for module in (hookspecs, pay_hookspecs):
+        names = [name for name in dir(module) if name.startswith("jit_")]
+        assert names
+        for name in names:
+            assert getattr(module, name).__doc__, name
+            assert name in readme or name.rsplit("_", 1)[0] in readme, name
