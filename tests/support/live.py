@@ -85,27 +85,39 @@ def sandbox_app_config(base_url: str, keys: str = ".sandbox", *, database: str |
 
 
 class ServerThread:
-    """A uvicorn server for an ASGI app on an already-bound loopback socket, in a background thread."""
+    """A uvicorn server for an ASGI app on a loopback socket (a free port unless one is given), in a background
+    thread. ``start``/``stop``, or use it as a context manager."""
 
-    def __init__(self, asgi: Any, sock: socket.socket) -> None:
-        self.sock = sock
-        self.server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="off"))
+    def __init__(self, asgi: Any, sock: socket.socket | None = None) -> None:
+        self.sock = sock or bind_loopback()
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="off", access_log=False,
+                                                    timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         asyncio.run(self.server.serve(sockets=[self.sock]))
 
-    def start(self) -> None:
+    def start(self) -> "ServerThread":
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("the test server did not start")
             time.sleep(0.01)
+        return self
 
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
 
 def bind_loopback() -> socket.socket:

@@ -3,8 +3,6 @@ a merchant "app" that hosts the sandbox gateway beside its own notification endp
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -14,7 +12,6 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
-import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,6 +22,7 @@ from elements.pays.AliPayType import AliPayType
 from elements.pays.errors import PayError
 from elements.pays.Meta import OrderView, TradeState
 from jitpay_sandbox.alipay import AlipaySandbox, alipay_routes, generate_alipay_keys
+from tests.support.live import ServerThread, bind_loopback
 
 E_YAML = Path(__file__).resolve().parents[4] / "elements" / "pays" / "AliPayType" / "e.yaml"
 APP_ID = "2021000000000001"
@@ -33,35 +31,23 @@ MERCHANT_APP = "shop"
 
 
 class LoopbackServer:
-    """A real uvicorn server on 127.0.0.1 and a free port, in a background thread."""
+    """A real uvicorn server on 127.0.0.1 and a free port; its URL is known before the app is built."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock = bind_loopback()
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server: uvicorn.Server | None = None
-        self.thread: threading.Thread | None = None
+        self.server: ServerThread | None = None
 
     def start(self, app: Any) -> "LoopbackServer":
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
+        self.server = ServerThread(app, self.sock).start()
         return self
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.should_exit = True
-        if self.thread is not None:
-            self.thread.join(timeout=10)
-        self.sock.close()
+            self.server.stop()
+        else:
+            self.sock.close()
 
 
 @pytest.fixture

@@ -4,18 +4,15 @@ provider built through the element loader from the Type's own ``e.yaml`` default
 from __future__ import annotations
 
 import secrets
-import socket
 import string
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import pytest
-import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,6 +28,7 @@ except ImportError:  # pragma: no cover
 from elements.pays.errors import NotifyInvalid, SignatureInvalid  # noqa: E402
 from elements.pays.WechatPayType import WechatPayType  # noqa: E402
 from jitpay_sandbox.wechat import WechatSandbox, WechatSandboxSettings  # noqa: E402
+from tests.support.live import ServerThread as LoopbackServer  # noqa: E402
 
 E_YAML = ROOT / "elements" / "pays" / "WechatPayType" / "e.yaml"
 APP_ID = "wx0000000000000001"
@@ -40,34 +38,6 @@ NOTIFY_PATH = "/api/shop/pays/services/PaySvc/wechatNotify"
 
 def random_key() -> str:
     return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
-
-
-class LoopbackServer:
-    """A real uvicorn server on 127.0.0.1 (a free port) in a background thread."""
-
-    def __init__(self, asgi_app: Any) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(asgi_app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> "LoopbackServer":
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-        self.sock.close()
 
 
 def make_app(root: Path, baseUrl: str = "", **settings: Any) -> SimpleNamespace:
