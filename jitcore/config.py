@@ -17,6 +17,12 @@ DATA_TYPES = ("Stext", "Ltext", "Integer", "Numeric", "Money", "Boolean", "JitDi
 ACCESS_MODIFIERS = ("public", "protected", "private")
 
 
+def _refuse_duplicates(names: list[str], what: str) -> None:
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"{what} declared twice: {', '.join(duplicated)}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -44,10 +50,7 @@ class FunctionModel(_Strict):
     @field_validator("args")
     @classmethod
     def _unique_args(cls, args: list[ArgModel]) -> list[ArgModel]:
-        names = [a.name for a in args]
-        duplicated = {n for n in names if names.count(n) > 1}
-        if duplicated:
-            raise ValueError(f"argument declared twice: {', '.join(sorted(duplicated))}")
+        _refuse_duplicates([a.name for a in args], "argument")
         return args
 
 
@@ -65,11 +68,7 @@ class ElementModel(_Strict):
     @field_validator("functionList")
     @classmethod
     def _unique_functions(cls, functions: list[FunctionModel] | None) -> list[FunctionModel] | None:
-        if functions:
-            names = [f.name for f in functions]
-            duplicated = {n for n in names if names.count(n) > 1}
-            if duplicated:
-                raise ValueError(f"function declared twice: {', '.join(sorted(duplicated))}")
+        _refuse_duplicates([f.name for f in functions or []], "function")
         return functions
 
 
