@@ -6,7 +6,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -113,6 +113,8 @@ class AppModel(_Strict):
         return url.rstrip("/") if url else url
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
 FULLNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
@@ -211,25 +213,25 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
 
 
-def load_app_model(path: Path) -> AppModel:
-    """Read, resolve and validate an app YAML."""
+def _load_model(path: Path, model: type[ModelT], not_a_mapping: str) -> ModelT:
+    """Read a YAML file, resolve ``$env``/``$file`` relative to its folder, and validate it as ``model``."""
     data = read_yaml(path)
+    if model is ElementModel and data is None:
+        data = {}  # an empty e.yaml is a valid (empty) definition
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the app YAML must be a mapping with at least 'appId'")
+        raise ConfigError(f"{path}: {not_a_mapping}")
     data = resolve_references(data, path.parent)
     try:
-        return AppModel.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, AppModel, str(path))) from None
+        raise ConfigError(describe_validation_error(exc, model, str(path))) from None
+
+
+def load_app_model(path: Path) -> AppModel:
+    """Read, resolve and validate an app YAML."""
+    return _load_model(path, AppModel, "the app YAML must be a mapping with at least 'appId'")
 
 
 def load_element_model(path: Path) -> ElementModel:
     """Read and validate an element's ``e.yaml`` (``$env``/``$file`` resolved relative to its folder)."""
-    data = read_yaml(path) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: an element definition must be a mapping")
-    data = resolve_references(data, path.parent)
-    try:
-        return ElementModel.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, ElementModel, str(path))) from None
+    return _load_model(path, ElementModel, "an element definition must be a mapping")

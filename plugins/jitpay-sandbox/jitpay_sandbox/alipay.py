@@ -599,13 +599,16 @@ class AlipaySandbox:
         out_trade_no = self._tokens.get(token)
         return self._trades.get(out_trade_no) if out_trade_no else None
 
+    def _no_such_trade_page(self) -> Response:
+        return self._error_page({"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST",
+                                 "sub_msg": "交易不存在 / no such trade"}, status_code=404)
+
     async def wallet(self, request: Request) -> Response:
         """The buyer's wallet page: opening it scans the QR code; it shows the trade and a Pay button."""
         with self._lock:
             trade = self._trade_by_token(request.path_params["token"])
             if trade is None:
-                return self._error_page({"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST",
-                                         "sub_msg": "交易不存在 / no such trade"}, status_code=404)
+                return self._no_such_trade_page()
             self._scan(trade)
             view = self._view(trade)
         return self._render("alipay_wallet.html", trade=view,
@@ -616,8 +619,7 @@ class AlipaySandbox:
         with self._lock:
             trade = self._trade_by_token(request.path_params["token"])
             if trade is None:
-                return self._error_page({"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST",
-                                         "sub_msg": "交易不存在 / no such trade"}, status_code=404)
+                return self._no_such_trade_page()
             self._scan(trade)
             if trade.status == WAIT_BUYER_PAY:
                 trade.status = TRADE_SUCCESS

@@ -61,6 +61,16 @@ def storable_text(text: str | None) -> str | None:
     return text
 
 
+def _commit_unless_duplicate(session: Session) -> bool:
+    """Commit; False (rolled back) if a unique key says the row is already there."""
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return False
+    return True
+
+
 class OrderStore:
     """Reads and writes the payment tables of one database."""
 
@@ -102,12 +112,7 @@ class OrderStore:
         """Insert a new order; False if the orderId exists."""
         with self.session() as session:
             session.add(order)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                return False
-            return True
+            return _commit_unless_duplicate(session)
 
     def get(self, order_id: str) -> PayOrder | None:
         """The order, or None."""
@@ -178,12 +183,7 @@ class OrderStore:
                 session.rollback()
                 return False
             session.add(refund)
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-                return False
-            return True
+            return _commit_unless_duplicate(session)
 
     def retry_refund(self, refund: PayRefund) -> bool:
         """Count a previously refused refund again (the caller retries it with the same id)."""
