@@ -30,8 +30,16 @@ class OrderView:
     subject: str
     amount: Decimal  # yuan, exactly two places
     createdAt: datetime
-    #: the provider's trade number of the payment, once the order is paid (refunds may need it)
+    #: the provider's trade number of the payment, once the order is paid (refunds may need it). When PaySvc asks a
+    #: provider to refund one payment of the order (the accepted one or a surplus), it is that payment's trade number.
     tradeNo: str | None = None
+    #: the absolute moment after which no trade of this order may be paid: providers send it as their own expiry
+    #: (Alipay ``time_expire``, WeChat Pay ``time_expire``) so that the provider enforces it. Derived from the order
+    #: alone (its creation time plus the app's ``settings.pays.payTimeoutMinutes``), so a repeated ``prepare`` sends
+    #: identical parameters. ``None``: the provider's own default.
+    expiresAt: datetime | None = None
+    #: when PaySvc refunds one payment: the reference that payment was prepared with (:attr:`TradeState.reference`)
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,10 @@ class PaymentPrep:
     qrCode: str | None = None
     expiresAt: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the reference this trade carries at the provider (Alipay/WeChat ``out_trade_no``); ``None`` means the order
+    #: id itself. One order may have several trades at one provider (WeChat's NATIVE and MWEB orders); PaySvc keeps
+    #: one payment record per (payment element, reference).
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,9 @@ class TradeState:
     paidAmount: Decimal | None = None
     payTime: datetime | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    #: which trade of the order this is about (the ``out_trade_no`` it was prepared with, see
+    #: :attr:`PaymentPrep.reference`); ``None`` means the order id itself
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,12 +113,20 @@ class PayProvider(Element):
     providerName: ClassVar[str] = ""
 
     def prepare(self, order: OrderView, payType: str, *, clientIp: str | None = None) -> PaymentPrep:
-        """Create (or sign) a payment for ``order`` of kind ``payType`` (one of :attr:`payTypes`)."""
+        """Create (or sign) a payment for ``order`` of kind ``payType`` (one of :attr:`payTypes`). The trade must
+        expire at the provider no later than ``order.expiresAt`` (when set); ``PaymentPrep.expiresAt`` says when the
+        returned ``payUrl`` stops working."""
         raise NotImplementedError
 
     def query(self, order: OrderView) -> TradeState:
         """Ask the provider about the order's trade. A trade the provider does not know yet is ``pending``."""
         raise NotImplementedError
+
+    def query_trades(self, order: OrderView) -> list[TradeState]:
+        """Every trade of the order this provider holds, one :class:`TradeState` each (with its ``reference``), so
+        that PaySvc sees a second payment of one order too. Trades the provider does not know are left out; an
+        empty list means none. The default is ``[self.query(order)]`` for a provider with one trade per order."""
+        return [self.query(order)]
 
     def close(self, order: OrderView) -> None:
         """Close the unpaid trade at the provider so it can no longer be paid. Closing a trade the provider does not
@@ -112,8 +135,9 @@ class PayProvider(Element):
 
     def refund(self, order: OrderView, refundId: str, amount: Decimal, totalRefunded: Decimal,
                reason: str | None = None) -> RefundResult:
-        """Refund ``amount`` of the paid order, idempotent per ``refundId`` (the same id never refunds twice).
-        ``totalRefunded`` is the sum of all refunds including this one."""
+        """Refund ``amount`` of one paid trade of the order, idempotent per ``refundId`` (the same id never refunds
+        twice). The trade is ``order.tradeNo`` (with ``order.reference``); ``order.amount`` is what that trade
+        captured. ``totalRefunded`` is the sum of that trade's refunds including this one."""
         raise NotImplementedError
 
     def settle(self, order: OrderView, paidHere: bool) -> None:
