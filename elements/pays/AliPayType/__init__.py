@@ -20,7 +20,8 @@ Configuration (``self.config``, checked at load by :meth:`AliPayType.jit_setup`)
 ``timeout``
     seconds per gateway call (default 10).
 ``payTimeoutMinutes``
-    how long a trade can be paid, sent as ``timeout_express`` (default 120, Alipay's own default for a QR code).
+    how long a trade can be paid, sent as ``timeout_express`` (default 120, Alipay's own default for a QR code) when
+    the order carries no absolute expiry; an order's ``expiresAt`` is sent as ``time_expire`` instead.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ from elements.pays.errors import (AmountInvalid, NotifyInvalid, ProviderError, R
 from elements.pays.Meta import NotifyReply, OrderView, PaymentPrep, PayProvider, RefundResult, TradeState
 from jitcore.errors import ConfigError
 
-from .gateway import AlipayGateway, format_amount, parse_amount, parse_beijing_time
+from .gateway import AlipayGateway, format_amount, format_timestamp, parse_amount, parse_beijing_time
 from .signing import KeyFormatError, load_rsa_key, public_key_fingerprint, verify_notify_signature
 
-__all__ = ["AliPayType"]
+__all__ = ["AliPayType", "time_expire"]
 
 #: Alipay's ``trade_status`` → our trade status
 TRADE_STATUS = {
@@ -57,6 +58,16 @@ MIN_AMOUNT = Decimal("0.01")
 MAX_AMOUNT = Decimal("100000000.00")
 #: cap on the number of fields in a notification body
 MAX_NOTIFY_FIELDS = 200
+
+
+def time_expire(expiresAt: datetime) -> tuple[str, datetime]:
+    """An absolute expiry as Alipay's ``time_expire`` (``yyyy-MM-dd HH:mm:ss``, Beijing time) and the moment that text
+    stands for (aware UTC). Rounded down to the second, so the trade never outlives ``expiresAt``; a naive datetime is
+    taken as UTC (the contract's times are UTC)."""
+    if expiresAt.tzinfo is None:
+        expiresAt = expiresAt.replace(tzinfo=timezone.utc)
+    moment = expiresAt.astimezone(timezone.utc).replace(microsecond=0)
+    return format_timestamp(moment), moment
 
 
 #: every key the element's ``config`` may hold
@@ -179,7 +190,12 @@ class AliPayType(PayProvider):
     def prepare(self, order: OrderView, payType: str, *, clientIp: str | None = None) -> PaymentPrep:
         """``pc``: create a face-to-face trade (``alipay.trade.precreate``) and return its QR content and image;
         ``mobile``/``page``: the signed ``alipay.trade.wap.pay``/``alipay.trade.page.pay`` URL (no call is made;
-        ``expiresAt`` is ``None``, so the link is signed afresh each time)."""
+        ``expiresAt`` is ``None``, so the link is signed afresh each time).
+
+        The trade's expiry: ``order.expiresAt`` when set, sent as the absolute ``time_expire`` (Beijing time, whole
+        seconds, rounded down so the trade never outlives the order) for every payType, and then also the QR code's
+        ``expiresAt``; otherwise ``timeout_express`` = ``payTimeoutMinutes``. ``reference`` is the order id (Alipay's
+        ``out_trade_no``: one trade per order)."""
         if payType not in self.payTypes:
             raise UnsupportedPayType(f"{self.fullName} supports payTypes {', '.join(self.payTypes)}, not {payType!r}",
                                      details={"payType": payType, "supported": list(self.payTypes)})
@@ -187,8 +203,14 @@ class AliPayType(PayProvider):
             "out_trade_no": order.orderId,
             "total_amount": self._amount(order.amount),
             "subject": order.subject,
-            "timeout_express": f"{self.payTimeoutMinutes}m",
         }
+        expiry = time_expire(order.expiresAt) if order.expiresAt is not None else None
+        if expiry is not None:
+            biz["time_expire"] = expiry[0]
+            extra: dict[str, Any] = {"timeExpire": expiry[0]}
+        else:
+            biz["timeout_express"] = f"{self.payTimeoutMinutes}m"
+            extra = {"timeoutExpress": biz["timeout_express"]}
         if payType == "pc":
             biz["product_code"] = "FACE_TO_FACE_PAYMENT"
             started = datetime.now(timezone.utc)
@@ -197,11 +219,14 @@ class AliPayType(PayProvider):
             if not isinstance(qr_code, str) or not qr_code:
                 raise ProviderError("Alipay alipay.trade.precreate: the response carries no qr_code",
                                     details={"failure": "invalid_response", "method": "alipay.trade.precreate"})
-            self._check_out_trade_no(content, order, "alipay.trade.precreate")
-            # The trade times out payTimeoutMinutes after Alipay created it, which is no earlier than `started`.
-            expires = started + timedelta(minutes=self.payTimeoutMinutes)
+            self._check_out_trade_no(content, order.orderId, "alipay.trade.precreate")
+            if expiry is not None:
+                expires = expiry[1]
+            else:
+                # The trade times out payTimeoutMinutes after Alipay created it, which is no earlier than `started`.
+                expires = started + timedelta(minutes=self.payTimeoutMinutes)
             return PaymentPrep(payUrl=qr_code, qrCode=self.qr_data_uri(qr_code), expiresAt=expires,
-                               extra={"method": "alipay.trade.precreate", "timeoutExpress": biz["timeout_express"]})
+                               extra={"method": "alipay.trade.precreate", **extra}, reference=order.orderId)
         if payType == "mobile":
             method = "alipay.trade.wap.pay"
             biz["product_code"] = "QUICK_WAP_WAY"
@@ -211,8 +236,8 @@ class AliPayType(PayProvider):
             method = "alipay.trade.page.pay"
             biz["product_code"] = "FAST_INSTANT_TRADE_PAY"
         url = self.gateway.page_url(method, biz, notify_url=self.notifyUrl, return_url=self.returnUrl)
-        return PaymentPrep(payUrl=url, qrCode=None, expiresAt=None,
-                           extra={"method": method, "timeoutExpress": biz["timeout_express"]})
+        return PaymentPrep(payUrl=url, qrCode=None, expiresAt=None, extra={"method": method, **extra},
+                           reference=order.orderId)
 
     def query(self, order: OrderView) -> TradeState:
         """``alipay.trade.query``: paid (``TRADE_SUCCESS``/``TRADE_FINISHED``) → success with Alipay's trade number,
@@ -221,8 +246,8 @@ class AliPayType(PayProvider):
         method = "alipay.trade.query"
         content = self.gateway.call(method, {"out_trade_no": order.orderId}, accept_sub_codes={TRADE_NOT_EXIST})
         if content.get("sub_code") == TRADE_NOT_EXIST:
-            return TradeState(orderId=order.orderId, status="pending", raw=content)
-        self._check_out_trade_no(content, order, method)
+            return TradeState(orderId=order.orderId, status="pending", raw=content, reference=order.orderId)
+        self._check_out_trade_no(content, order.orderId, method)
         trade_status = content.get("trade_status")
         status = TRADE_STATUS.get(str(trade_status))
         if status is None:
@@ -238,7 +263,15 @@ class AliPayType(PayProvider):
                                 details={"failure": "invalid_response", "method": method})
         return TradeState(orderId=order.orderId, status=status, tradeNo=content.get("trade_no") or None,
                           paidAmount=paid, payTime=pay_time if status in ("success", "refunded") else None,
-                          raw=content)
+                          raw=content, reference=order.orderId)
+
+    def query_trades(self, order: OrderView) -> list[TradeState]:
+        """Alipay holds at most one trade per order (``out_trade_no`` = the order id, whatever the payType), so this
+        is ``[self.query(order)]``. A trade Alipay does not know (``ACQ.TRADE_NOT_EXIST``: a precreated QR code
+        nobody has scanned yet, or a link nobody opened) is *not* left out: it is reported ``pending`` with
+        ``reference`` = the order id and ``raw["sub_code"] == "ACQ.TRADE_NOT_EXIST"``, because Alipay cannot tell "not
+        yet" from "never" and such a QR code stays payable until its ``time_expire``, even after ``close``."""
+        return [self.query(order)]
 
     def close(self, order: OrderView) -> None:
         """``alipay.trade.close``. A trade Alipay does not know (an unscanned QR code) needs no closing. A paid trade
@@ -248,19 +281,28 @@ class AliPayType(PayProvider):
     def refund(self, order: OrderView, refundId: str, amount: Decimal, totalRefunded: Decimal,
                reason: str | None = None) -> RefundResult:
         """``alipay.trade.refund`` with ``out_request_no=refundId``: Alipay refunds each ``out_request_no`` once, so a
-        retried refund is harmless."""
+        retried refund is harmless. The trade is named by ``trade_no=order.tradeNo`` when given (Alipay's own key,
+        which it prefers), together with ``out_trade_no`` = ``order.reference`` (default the order id); Alipay
+        refuses the pair if they are not one trade. ``order.amount`` is what that trade captured."""
         refund_amount = self._amount(amount)
         if totalRefunded > order.amount:
             raise RefundInvalid(f"refunds of order {order.orderId} would total {totalRefunded}, more than its "
                                 f"{order.amount}")
         if not refundId or len(refundId) > 64:
             raise RefundInvalid("refundId must be 1 to 64 characters (Alipay's out_request_no)")
-        biz: dict[str, Any] = {"out_trade_no": order.orderId, "refund_amount": refund_amount,
+        out_trade_no = order.reference or order.orderId
+        biz: dict[str, Any] = {"out_trade_no": out_trade_no, "refund_amount": refund_amount,
                                "out_request_no": refundId}
+        if order.tradeNo:
+            biz["trade_no"] = order.tradeNo
         if reason:
             biz["refund_reason"] = reason[:256]
         content = self.gateway.call("alipay.trade.refund", biz)
-        self._check_out_trade_no(content, order, "alipay.trade.refund")
+        self._check_out_trade_no(content, out_trade_no, "alipay.trade.refund")
+        echoed_trade_no = content.get("trade_no")
+        if order.tradeNo and echoed_trade_no is not None and echoed_trade_no != order.tradeNo:
+            raise ProviderError("Alipay alipay.trade.refund: the response is about another trade_no",
+                                details={"failure": "invalid_response", "method": "alipay.trade.refund"})
         return RefundResult(refundId=refundId, amount=Decimal(refund_amount), refundNo=None, raw=content)
 
     def parse_notify_body(self, body: bytes, contentType: str | None = None) -> dict[str, str]:
@@ -329,7 +371,7 @@ class AliPayType(PayProvider):
                 raise NotifyInvalid("the Alipay notification's total_amount is missing or not a number")
         return TradeState(orderId=out_trade_no, status=status, tradeNo=fields.get("trade_no") or None,
                           paidAmount=paid, payTime=pay_time if status in ("success", "refunded") else None,
-                          raw=dict(fields))
+                          raw=dict(fields), reference=out_trade_no)
 
     def notify_reply(self, ok: bool, message: str = "") -> NotifyReply:
         """``success`` (Alipay stops retrying) or ``failure`` (it will notify again), as ``text/plain``."""
@@ -346,8 +388,8 @@ class AliPayType(PayProvider):
         return text
 
     @staticmethod
-    def _check_out_trade_no(content: Mapping[str, Any], order: OrderView, method: str) -> None:
+    def _check_out_trade_no(content: Mapping[str, Any], out_trade_no: str, method: str) -> None:
         echoed = content.get("out_trade_no")
-        if echoed is not None and echoed != order.orderId:
+        if echoed is not None and echoed != out_trade_no:
             raise ProviderError(f"Alipay {method}: the response is about another out_trade_no",
                                 details={"failure": "invalid_response", "method": method})
