@@ -27,8 +27,8 @@ Configuration (``self.config``, checked at load by :meth:`AliPayType.jit_setup`)
 from __future__ import annotations
 
 import difflib
-
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, ClassVar, Mapping
@@ -54,6 +54,8 @@ TRADE_STATUS = {
     "TRADE_CLOSED": "closed",
 }
 TRADE_NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
+#: what Alipay takes as an ``out_trade_no``
+OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 MIN_AMOUNT = Decimal("0.01")
 MAX_AMOUNT = Decimal("100000000.00")
 #: cap on the number of fields in a notification body
@@ -282,15 +284,16 @@ class AliPayType(PayProvider):
                reason: str | None = None) -> RefundResult:
         """``alipay.trade.refund`` with ``out_request_no=refundId``: Alipay refunds each ``out_request_no`` once, so a
         retried refund is harmless. The trade is named by ``trade_no=order.tradeNo`` when given (Alipay's own key,
-        which it prefers), together with ``out_trade_no`` = ``order.reference`` (default the order id); Alipay
-        refuses the pair if they are not one trade. ``order.amount`` is what that trade captured."""
+        which it prefers), together with ``out_trade_no`` = ``order.reference`` (the order id when the reference is
+        absent or not an Alipay ``out_trade_no``); Alipay refuses the pair if they are not one trade.
+        ``order.amount`` is what that trade captured."""
         refund_amount = self._amount(amount)
         if totalRefunded > order.amount:
             raise RefundInvalid(f"refunds of order {order.orderId} would total {totalRefunded}, more than its "
                                 f"{order.amount}")
         if not refundId or len(refundId) > 64:
             raise RefundInvalid("refundId must be 1 to 64 characters (Alipay's out_request_no)")
-        out_trade_no = order.reference or order.orderId
+        out_trade_no = order.reference if order.reference and OUT_TRADE_NO.match(order.reference) else order.orderId
         biz: dict[str, Any] = {"out_trade_no": out_trade_no, "refund_amount": refund_amount,
                                "out_request_no": refundId}
         if order.tradeNo:

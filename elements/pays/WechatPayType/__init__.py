@@ -8,7 +8,9 @@ WeChat refuses a second ``unifiedorder`` for one ``out_trade_no`` with other par
 trade type of an order is its own WeChat order: NATIVE uses ``out_trade_no = orderId``, MWEB the reference
 :func:`mweb_out_trade_no` derives from the order id. Both carry the order id in ``attach``; a notification is mapped
 back to the order through ``attach`` only when its ``out_trade_no`` is one derived from it. ``query`` and ``close``
-cover both WeChat orders; ``refund`` names the paid one by its ``transaction_id``.
+cover both WeChat orders; ``query_trades`` reports each that exists; ``refund`` names a paid one by its
+``transaction_id``. Every prepared trade, query answer and notification carries its ``out_trade_no`` as the contract's
+``reference``. The order's ``expiresAt`` is sent as ``time_expire``, so WeChat refuses payment after it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
-from elements.pays.errors import (AmountInvalid, NotifyInvalid, OrderIdInvalid, ProviderError, SignatureInvalid,
-                                  UnsupportedPayType)
+from elements.pays.errors import (AmountInvalid, NotifyInvalid, OrderIdInvalid, ProviderError, RefundInvalid,
+                                  SignatureInvalid, UnsupportedPayType)
 from elements.pays.Meta import NotifyReply, OrderView, PaymentPrep, PayProvider, RefundResult, TradeState
 
 from .api import WechatApi, client_ssl_context
@@ -32,7 +34,7 @@ from .signing import verify_sign
 from .wirexml import NOTIFY_MAX_BYTES, XmlRejected, build_cdata_xml, parse_xml
 
 __all__ = ["WechatPayType", "yuan_to_fen", "fen_to_yuan", "cut_utf8", "parse_time_end", "mweb_out_trade_no",
-           "out_trade_nos", "MWEB_PREFIX"]
+           "out_trade_nos", "time_expire", "MWEB_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,16 @@ def parse_time_end(value: str | None) -> datetime | None:
         return None
 
 
+def time_expire(expiresAt: datetime) -> tuple[str, datetime]:
+    """An absolute expiry as WeChat's ``time_expire`` (``yyyyMMddHHmmss``, Beijing time) and the moment that text
+    stands for (aware UTC). Rounded down to the second, so the trade never outlives ``expiresAt``; a naive datetime is
+    taken as UTC (the contract's times are UTC)."""
+    if expiresAt.tzinfo is None:
+        expiresAt = expiresAt.replace(tzinfo=timezone.utc)
+    moment = expiresAt.astimezone(timezone.utc).replace(microsecond=0)
+    return moment.astimezone(BEIJING).strftime("%Y%m%d%H%M%S"), moment
+
+
 def mweb_out_trade_no(orderId: str) -> str:
     """The ``out_trade_no`` of the order's MWEB (H5) WeChat order: ``H-`` and the first 30 characters of the base32
     SHA-256 of the order id (32 characters of ``A-Z2-7-``, valid for WeChat). Deterministic, so a repeated ``mobile``
@@ -141,12 +153,21 @@ class WechatPayType(PayProvider):
     def prepare(self, order: OrderView, payType: str, *, clientIp: str | None = None) -> PaymentPrep:
         """``unifiedorder`` for ``order``: ``pc`` → NATIVE (``payUrl`` = ``code_url``, ``qrCode`` = its PNG, valid
         while the ``prepay_id`` is), ``mobile`` → MWEB (``payUrl`` = ``mweb_url``, valid about 5 minutes).
+        ``reference`` is that WeChat order's ``out_trade_no``.
 
         WeChat accepts the same ``out_trade_no`` again only with identical parameters (``nonce_str`` and
         ``spbill_create_ip`` aside), so everything sent here is derived from the order and the config alone, and each
         trade type has its own ``out_trade_no`` (NATIVE: the order id; MWEB: :func:`mweb_out_trade_no`): an order can
-        be offered both ways, in either order and repeatedly. ``attach`` carries the order id on both (a NATIVE
-        order WeChat already has without ``attach``, made by an older JitPay, is asked for again as it was)."""
+        be offered both ways, in either order and repeatedly. ``attach`` carries the order id on both.
+
+        ``order.expiresAt`` (when set) goes out as ``time_expire`` (``yyyyMMddHHmmss`` Beijing time, rounded down to
+        the second), so WeChat itself refuses payment after it; ``expiresAt`` of the result is then never later.
+        WeChat refuses a ``time_expire`` less than 5 minutes ahead: an order that close to its expiry can no longer
+        be offered (``ProviderError`` with WeChat's message).
+
+        A WeChat order an older JitPay created with other parameters (no ``time_expire``; for NATIVE also no
+        ``attach``) answers "201 商户订单号重复": it is asked for again as it was made (logged), and its
+        notification maps by ``out_trade_no`` alone."""
         if payType not in self.payTypes:
             raise UnsupportedPayType(f"{self.fullName} supports payTypes {', '.join(self.payTypes)}, not {payType!r}")
         refs = self._out_trade_nos(order)
@@ -161,37 +182,63 @@ class WechatPayType(PayProvider):
             "notify_url": self.settings.notifyUrl,
             "attach": order.orderId,
         }
+        expiry = time_expire(order.expiresAt) if order.expiresAt is not None else None
+        if expiry is not None:
+            fields["time_expire"] = expiry[0]
         now = datetime.now(timezone.utc)
         if trade_type == "NATIVE":
             fields.update(trade_type="NATIVE", product_id=out_trade_no)
-            try:
-                answer = self.api.call("pay/unifiedorder", fields)
-            except ProviderError as exc:
-                if exc.provider_code != "INVALID_REQUEST":
-                    raise
-                # A NATIVE order created before attach was sent (an older JitPay) differs only by attach: ask for
-                # that one again; its notification maps by out_trade_no alone.
-                answer = self.api.call("pay/unifiedorder", {k: v for k, v in fields.items() if k != "attach"})
+            # as made by JitPay before time_expire was sent, and before attach was
+            legacy = [("time_expire",), ("time_expire", "attach")]
+        else:
+            base = (getattr(self.app, "baseUrl", None) or "").rstrip("/") or self.settings.notifyUrl
+            title = getattr(self.app, "title", None) or getattr(self.app, "appId", None) or "JitPay"
+            scene = {"h5_info": {"type": "Wap", "wap_url": base, "wap_name": cut_utf8(str(title), 64)}}
+            fields.update(trade_type="MWEB", scene_info=json.dumps(scene, ensure_ascii=False, separators=(",", ":")))
+            legacy = [("time_expire",)]
+        sent, answer = self._unifiedorder(order, fields, legacy)
+        expires = now + (PREPAY_VALIDITY - PREPAY_MARGIN if trade_type == "NATIVE" else MWEB_VALIDITY - MWEB_MARGIN)
+        if expiry is not None:
+            expires = min(expires, expiry[1])
+        extra = {"prepay_id": answer.get("prepay_id"), "trade_type": trade_type, "out_trade_no": out_trade_no,
+                 "time_expire": sent.get("time_expire")}
+        if trade_type == "NATIVE":
             code_url = answer.get("code_url")
             if not code_url:
                 raise ProviderError("WeChat Pay unifiedorder (NATIVE) answered without code_url",
                                     provider_code="INVALID_RESPONSE")
-            return PaymentPrep(payUrl=code_url, qrCode=self.qr_data_uri(code_url),
-                               expiresAt=now + PREPAY_VALIDITY - PREPAY_MARGIN,
-                               extra={"prepay_id": answer.get("prepay_id"), "trade_type": "NATIVE",
-                                      "out_trade_no": out_trade_no})
-        base = (getattr(self.app, "baseUrl", None) or "").rstrip("/") or self.settings.notifyUrl
-        title = getattr(self.app, "title", None) or getattr(self.app, "appId", None) or "JitPay"
-        scene = {"h5_info": {"type": "Wap", "wap_url": base, "wap_name": cut_utf8(str(title), 64)}}
-        fields.update(trade_type="MWEB", scene_info=json.dumps(scene, ensure_ascii=False, separators=(",", ":")))
-        answer = self.api.call("pay/unifiedorder", fields)
+            return PaymentPrep(payUrl=code_url, qrCode=self.qr_data_uri(code_url), expiresAt=expires, extra=extra,
+                               reference=out_trade_no)
         mweb_url = answer.get("mweb_url")
         if not mweb_url:
             raise ProviderError("WeChat Pay unifiedorder (MWEB) answered without mweb_url",
                                 provider_code="INVALID_RESPONSE")
-        return PaymentPrep(payUrl=mweb_url, qrCode=None, expiresAt=now + MWEB_VALIDITY - MWEB_MARGIN,
-                           extra={"prepay_id": answer.get("prepay_id"), "trade_type": "MWEB",
-                                  "out_trade_no": out_trade_no})
+        return PaymentPrep(payUrl=mweb_url, qrCode=None, expiresAt=expires, extra=extra, reference=out_trade_no)
+
+    def _unifiedorder(self, order: OrderView, fields: dict[str, Any],
+                      legacy: list[tuple[str, ...]]) -> tuple[dict[str, Any], dict[str, str]]:
+        """``unifiedorder`` with ``fields``; on "201 商户订单号重复" (the ``out_trade_no`` exists with other
+        parameters) again without each group of ``legacy`` fields in turn, as an older JitPay made it. Returns what
+        was sent and the answer."""
+        try:
+            return fields, self.api.call("pay/unifiedorder", fields)
+        except ProviderError as exc:
+            error = exc
+        for dropped in legacy:
+            if error.provider_code != "INVALID_REQUEST" or "201" not in (error.provider_message or ""):
+                break
+            variant = {k: v for k, v in fields.items() if k not in dropped}
+            if variant == fields:
+                continue
+            try:
+                answer = self.api.call("pay/unifiedorder", variant)
+            except ProviderError as exc:
+                error = exc
+                continue
+            log.warning("%s: WeChat order %s was made by an older JitPay without %s; offered as it was made",
+                        self.fullName, fields["out_trade_no"], " and ".join(d for d in dropped if d in fields))
+            return variant, answer
+        raise error
 
     def query(self, order: OrderView) -> TradeState:
         """``orderquery`` of every WeChat order the order may have (NATIVE, then MWEB), combined into one answer.
@@ -239,9 +286,21 @@ class WechatPayType(PayProvider):
         if not states:
             log.warning("%s: WeChat Pay does not know order %s (ORDERNOTEXIST); treated as pending",
                         self.fullName, order.orderId)
-            return TradeState(orderId=order.orderId, status="pending", raw=answers[0][1])
+            return TradeState(orderId=order.orderId, status="pending", raw=answers[0][1], reference=order.orderId)
         failed = [s for s in states if s.status == "failed"]
         return failed[0] if failed else states[0]
+
+    def query_trades(self, order: OrderView) -> list[TradeState]:
+        """``orderquery`` of each WeChat order the order may have (NATIVE, then MWEB): one state per WeChat order that
+        exists, with its ``reference`` (``out_trade_no``), mapped as in :meth:`query` (a paid one with its own
+        ``transaction_id`` and amount). ``ORDERNOTEXIST`` is left out, so ``[]`` means WeChat knows neither. Any other
+        failure of either query raises its ``ProviderError``: a partial list could hide a payment."""
+        states: list[TradeState] = []
+        for out_trade_no in self._out_trade_nos(order).values():
+            answer = self.api.call("pay/orderquery", {"out_trade_no": out_trade_no}, accept_errors={"ORDERNOTEXIST"})
+            if answer.get("result_code") == "SUCCESS":
+                states.append(self._query_state(order, out_trade_no, answer))
+        return states
 
     def close(self, order: OrderView) -> None:
         """``closeorder`` of every WeChat order the order may have (NATIVE and MWEB). A trade WeChat does not know,
@@ -271,14 +330,22 @@ class WechatPayType(PayProvider):
                reason: str | None = None) -> RefundResult:
         """``/secapi/pay/refund`` with ``out_refund_no=refundId`` (WeChat refunds an ``out_refund_no`` once), sent
         with the merchant client certificate. The paid WeChat order is named by ``transaction_id=order.tradeNo``
-        (whichever trade type was paid); without a ``tradeNo`` by ``out_trade_no`` = the order id (the NATIVE one).
-        Without ``certPath`` this fails before calling an ``https`` gateway."""
+        (whichever trade type was paid, either of two paid ones); without a ``tradeNo`` by ``out_trade_no`` =
+        ``order.reference`` (default the order id: the NATIVE one). ``total_fee`` is ``order.amount``, what that
+        trade captured. Without ``certPath`` this fails before calling an ``https`` gateway."""
         if not self.api.sslContext and self.settings.gateway.startswith("https://"):
             raise ProviderError(f"{self.fullName}: WeChat Pay refunds need the merchant API client certificate; set "
                                 f"certPath (and keyPath) in its config", provider_code="CERT_MISSING")
         if not refundId or len(refundId) > 64:
             raise ProviderError("refundId must be 1 to 64 characters for WeChat Pay", provider_code="INVALID_REQUEST")
-        trade = {"transaction_id": order.tradeNo} if order.tradeNo else {"out_trade_no": self._out_trade_no(order)}
+        refs = self._out_trade_nos(order)
+        # the reference names the trade only without a tradeNo; with one it is merely checked against the answer
+        known_reference = order.reference in refs.values()
+        if order.reference is not None and not known_reference and not order.tradeNo:
+            raise RefundInvalid(f"{order.reference!r} is not a WeChat order of order {order.orderId} (its references "
+                                f"are {', '.join(refs.values())})")
+        reference = order.reference if known_reference else refs["NATIVE"]
+        trade = {"transaction_id": order.tradeNo} if order.tradeNo else {"out_trade_no": reference}
         fields = {
             **trade,
             "out_refund_no": refundId,
@@ -288,6 +355,12 @@ class WechatPayType(PayProvider):
             "refund_desc": cut_utf8(reason, 80) if reason else None,
         }
         answer = self.api.call("secapi/pay/refund", fields, use_cert=True)
+        other_transaction = order.tradeNo and answer.get("transaction_id") not in (None, "", order.tradeNo)
+        named_reference = known_reference or not order.tradeNo
+        other_reference = named_reference and answer.get("out_trade_no") not in (None, "", reference)
+        if other_transaction or other_reference:
+            raise ProviderError("WeChat Pay answered a refund with another trade's transaction_id or out_trade_no",
+                                provider_code="INVALID_RESPONSE", details={"outcomeUnknown": True})
         try:
             refunded = fen_to_yuan(answer.get("refund_fee", fields["refund_fee"]))
         except ValueError:
@@ -330,11 +403,12 @@ class WechatPayType(PayProvider):
             raise NotifyInvalid(f"WeChat Pay notification is for appid {fields.get('appid')!r}, not ours")
         if fields.get("mch_id") != self.settings.mchId:
             raise NotifyInvalid(f"WeChat Pay notification is for mch_id {fields.get('mch_id')!r}, not ours")
-        orderId = self._notified_order_id(fields.get("out_trade_no") or "", fields.get("attach") or "")
+        out_trade_no = fields.get("out_trade_no") or ""
+        orderId = self._notified_order_id(out_trade_no, fields.get("attach") or "")
         if fields.get("result_code") != "SUCCESS":
             return TradeState(orderId=orderId, status="failed", tradeNo=fields.get("transaction_id") or None,
-                              raw=dict(fields))
-        return self._paid_state(orderId, "success", fields, NotifyInvalid)
+                              raw=dict(fields), reference=out_trade_no)
+        return self._paid_state(orderId, "success", fields, NotifyInvalid, out_trade_no)
 
     def notify_reply(self, ok: bool, message: str = "") -> NotifyReply:
         """``<xml><return_code>SUCCESS</return_code><return_msg>OK</return_msg></xml>`` (in CDATA) when ``ok``, else
@@ -384,11 +458,13 @@ class WechatPayType(PayProvider):
             raise ProviderError(f"WeChat Pay orderquery gave an unknown trade_state {trade_state!r}",
                                 provider_code="INVALID_RESPONSE", provider_message=answer.get("trade_state_desc"))
         if status in ("success", "refunded"):
-            return self._paid_state(order.orderId, status, answer, ProviderError)
-        return TradeState(orderId=order.orderId, status=status, raw=dict(answer))  # type: ignore[arg-type]
+            return self._paid_state(order.orderId, status, answer, ProviderError, out_trade_no)
+        return TradeState(orderId=order.orderId, status=status, raw=dict(answer),  # type: ignore[arg-type]
+                          reference=out_trade_no)
 
     @staticmethod
-    def _paid_state(orderId: str, status: str, fields: Mapping[str, str], error: type[Exception]) -> TradeState:
+    def _paid_state(orderId: str, status: str, fields: Mapping[str, str], error: type[Exception],
+                    reference: str) -> TradeState:
         tradeNo = fields.get("transaction_id")
         if not tradeNo:
             raise error(f"WeChat Pay reports order {orderId} paid without a transaction_id")
@@ -397,4 +473,4 @@ class WechatPayType(PayProvider):
         except ValueError:
             raise error(f"WeChat Pay reports order {orderId} paid with a malformed total_fee") from None
         return TradeState(orderId=orderId, status=status, tradeNo=tradeNo, paidAmount=paid,  # type: ignore[arg-type]
-                          payTime=parse_time_end(fields.get("time_end")), raw=dict(fields))
+                          payTime=parse_time_end(fields.get("time_end")), raw=dict(fields), reference=reference)
