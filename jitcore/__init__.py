@@ -13,4 +13,15 @@ from jitcore.errors import ArgumentError, ConfigError, ElementNotFound, Function
 from jitcore.hookspecs import hookimpl, hookspec
 
 __all__ = ["App", "load_app", "Element", "hookimpl", "hookspec", "JitError", "ConfigError", "ElementNotFound",
-           "FunctionNotFound", "ArgumentError"]
+           "FunctionNotFound", "ArgumentError", "JobKind", "Job", "JobQueue", "RetryLater", "RunSummary"]
+
+#: exported from jitcore.jobs on first use (it imports SQLAlchemy, which ``import jitcore`` does not need)
+_JOB_EXPORTS = ("JobKind", "Job", "JobQueue", "RetryLater", "RunSummary")
+
+
+def __getattr__(name: str) -> object:
+    if name in _JOB_EXPORTS:
+        from jitcore import jobs
+
+        return getattr(jobs, name)
+    raise AttributeError(f"module 'jitcore' has no attribute {name!r}")

@@ -6,7 +6,7 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -18,6 +18,9 @@ from jitcore.index import ElementIndex
 from jitcore.loading import element_class
 from jitcore.plugins import Layer, build_plugin_manager
 from jitcore.proxy import ElementProxy
+
+if TYPE_CHECKING:
+    from jitcore.jobs import JobQueue
 
 log = logging.getLogger("jitcore")
 
@@ -39,6 +42,7 @@ class App:
         self._proxies: dict[str, ElementProxy] = {}
         self._loading: list[str] = []
         self._engine: Any = None
+        self._jobs: JobQueue | None = None
         self.pm: pluggy.PluginManager
         self.layers: list[Layer]
         self.pm, self.layers = build_plugin_manager(self)
@@ -143,8 +147,22 @@ class App:
                     self._engine = create_engine(self.database_url)
         return self._engine
 
+    @property
+    def jobs(self) -> "JobQueue":
+        """The app's durable job queue (:class:`jitcore.jobs.JobQueue`, created on first use; docs/JOBS.md)."""
+        if self._jobs is None:
+            with self._lock:
+                if self._jobs is None:
+                    from jitcore.jobs import JobQueue
+
+                    self._jobs = JobQueue(self)
+        return self._jobs
+
     def close(self) -> None:
-        """Release what the loaded elements hold (``Element.jit_close``) and the database connections."""
+        """Stop this process's job runner (a running job may finish), then release what the loaded elements hold
+        (``Element.jit_close``) and the database connections."""
+        if self._jobs is not None:
+            self._jobs.stop()
         with self._lock:
             elements, self._elements, self._proxies = list(self._elements.values()), {}, {}
         for element in elements:

@@ -1,4 +1,5 @@
-"""The ``jit`` command: list an app's elements, call a declared function, serve the app over HTTP."""
+"""The ``jit`` command: list an app's elements, call a declared function, serve the app over HTTP, run and inspect
+its background jobs."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def call_command(app_yaml: str, target: str, arguments: tuple[str, ...]) -> None
 @click.option("--workers", default=1, show_default=True, type=int,
               help="worker processes (use PostgreSQL, and one worker with the in-memory sandbox)")
 def serve_command(app_yaml: str, host: str, port: int, workers: int) -> None:
-    """Serve the app's HTTP face (function API, callbacks, cashier, plugin routes) under uvicorn."""
+    """Serve the app's HTTP face (function API, callbacks, cashier, plugin routes) under uvicorn. Each worker
+    process also runs a job runner (unless the YAML says jobs: {runner: false}); SIGTERM shuts down gracefully."""
     import os
 
     import uvicorn
@@ -116,6 +118,117 @@ def serve_command(app_yaml: str, host: str, port: int, workers: int) -> None:
     from jitcore.http import build_asgi_app
 
     uvicorn.run(build_asgi_app(app), host=host, port=port)
+
+
+def _database_failure(exc: Exception) -> str:
+    """A database error in one line, without the SQL or its parameters."""
+    original = getattr(exc, "orig", None) or exc
+    detail = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    return f"the database failed: {type(original).__name__}{': ' + detail if detail else ''}"
+
+
+def _load_with_jobs(app_yaml: str) -> Any:
+    """The app, with its job tables ready (created if need be; a newer schema is refused)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        app = _load(app_yaml)
+        app.jobs.ensure_schema()
+        return app
+    except JitError as exc:
+        _fail(str(exc))
+    except SQLAlchemyError as exc:
+        _fail(_database_failure(exc))
+
+
+@main.command("worker")
+@click.argument("app_yaml", type=click.Path(dir_okay=False))
+@click.option("--until-idle", is_flag=True,
+              help="run every due job, print one summary line and exit (e.g. from cron), instead of running until "
+                   "SIGTERM/SIGINT")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]), help="what the job log (stderr) shows")
+def worker_command(app_yaml: str, until_idle: bool, log_level: str) -> None:
+    """Run the app's background jobs in this process, apart from `jit serve` (any number of workers may share a
+    PostgreSQL database)."""
+    import logging
+    import os
+    import signal
+    import threading
+
+    logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = _load_with_jobs(app_yaml)
+    if until_idle:
+        try:
+            summary = app.jobs.run_until_idle()
+        finally:
+            app.close()
+        click.echo(str(summary))
+        return
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    app.jobs.start()
+    click.echo(f"jit worker: running the jobs of {app.appId} (pid {os.getpid()}); SIGTERM or Ctrl-C stops it",
+               err=True)
+    while not stop.wait(0.5):
+        if not app.jobs.running:
+            app.close()
+            _fail("the job runner stopped (see the log above)")
+    app.close()  # stops the runner: the job it is running may finish
+    click.echo("jit worker: stopped", err=True)
+
+
+def _job_state(job: dict[str, Any]) -> str:
+    """A job's state as `jit jobs` shows it: a due job that has failed is "failed"."""
+    if job["state"] == "due" and job["lastError"] and job["attempts"] > 0:
+        return "failed"
+    return str(job["state"])
+
+
+@main.command("jobs")
+@click.argument("app_yaml", type=click.Path(dir_okay=False))
+@click.option("--all", "show_all", is_flag=True, help="include done jobs")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="newest jobs shown")
+@click.option("--retry", "retry_id", type=int, metavar="ID",
+              help="requeue dead (or failed) job ID to run now, its attempts reset")
+def jobs_command(app_yaml: str, show_all: bool, limit: int, retry_id: int | None) -> None:
+    """List the app's due, running, failed and dead jobs (newest first), or requeue one."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    app = _load_with_jobs(app_yaml)
+    try:
+        if retry_id is not None:
+            if app.jobs.retry(retry_id):
+                click.echo(f"job {retry_id} requeued: due now")
+                return
+            job = app.jobs.get(retry_id)
+            if job is None:
+                _fail(f"there is no job {retry_id}")
+            _fail(f"job {retry_id} is {_job_state(job)}; only dead or failed jobs can be retried")
+        states = None if show_all else ["due", "running", "dead"]
+        jobs = app.jobs.list(states, limit=limit)
+    except SQLAlchemyError as exc:
+        _fail(_database_failure(exc))
+        return
+    finally:
+        app.close()
+    if not jobs:
+        click.echo("no jobs" if show_all else "no due, running, failed or dead jobs")
+        return
+    header = ("id", "kind", "state", "attempts", "dueAt", "lastError")
+    rows = [(str(job["id"]), job["kind"], _job_state(job), str(job["attempts"]),
+             job["dueAt"].strftime("%Y-%m-%dT%H:%M:%SZ"), (job["lastError"] or "").split("\n", 1)[0][:200])
+            for job in jobs]
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [value.ljust(width) for value, width in zip(row, widths)] + [row[-1]]
+        click.echo("  ".join(cells).rstrip())
 
 
 def asgi_from_env() -> Any:

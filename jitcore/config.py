@@ -72,6 +72,30 @@ class ElementModel(_Strict):
         return functions
 
 
+class EventDeliveryModel(_Strict):
+    """``jobs.events``: the retry policy of published events (the built-in job kind ``jit.event``)."""
+
+    #: deliveries tried per hook implementation before its job ends dead
+    maxAttempts: int = Field(default=10, ge=1)
+    #: delay after failure n: min(maxBackoffSeconds, backoffSeconds * 2**(n-1)), times a jitter of 0.5..1.5
+    backoffSeconds: float = Field(default=5.0, ge=0)
+    maxBackoffSeconds: float = Field(default=3600.0, ge=0)
+    #: a delivery whose process died is taken again after this many seconds
+    leaseSeconds: float = Field(default=300.0, gt=0)
+
+
+class JobsModel(_Strict):
+    """``jobs:``: the app's durable job queue (docs/JOBS.md)."""
+
+    #: ``jit serve`` runs a job runner in each worker process; false leaves the jobs to ``jit worker``
+    runner: bool = True
+    #: how often an idle runner looks for due jobs (it also wakes early when this process enqueues)
+    pollSeconds: float = Field(default=1.0, gt=0)
+    #: finished (done) jobs are purged after this many days; dead jobs are kept until retried or deleted
+    keepDoneDays: float = Field(default=7.0, ge=0)
+    events: EventDeliveryModel = Field(default_factory=EventDeliveryModel)
+
+
 class AppModel(_Strict):
     """The app YAML."""
 
@@ -89,6 +113,8 @@ class AppModel(_Strict):
     apiKeys: list[str] = []
     #: free-form settings for plugins, keyed by plugin name
     settings: dict[str, Any] = {}
+    #: the job queue: runner in ``jit serve``, polling, retention, event delivery policy
+    jobs: JobsModel = Field(default_factory=JobsModel)
     elements: dict[str, ElementModel] = {}
 
     @field_validator("elements")

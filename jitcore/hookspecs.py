@@ -12,13 +12,14 @@ A plugin module may also carry ``jit_hookspecs``: a list of modules or classes w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import pluggy
 
 if TYPE_CHECKING:
     from jitcore.app import App
     from jitcore.defines import ElementDefine
+    from jitcore.jobs import JobKind
 
 PROJECT = "jitcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -58,3 +59,18 @@ def jit_routes(app: "App") -> list[Any]:
 def jit_app_loaded(app: "App") -> None:
     """Called once after the app is loaded and every plugin is registered (all layers). Use it for set-up that needs
     the app; an exception stops loading."""
+
+
+@hookspec
+def jit_job_handlers(app: "App") -> "dict[str, JobKind | Callable[..., None]]":
+    """The job kinds this plugin runs, by kind name: ``{"shop.sendReceipt": JobKind(handler=send_receipt,
+    maxAttempts=5)}``. A bare callable stands for ``JobKind(handler=it)``; a handler is called as
+    ``handler(app, payload, job)`` and a raised exception is a failed attempt (``jitcore.jobs.RetryLater`` asks for a
+    later attempt without being logged as a crash).
+
+    Called once per app, the first time its job queue (``app.jobs``) needs the kinds. Every implementation is called;
+    when two layers register the same kind name, the higher layer's wins (an app plugin can replace an official
+    kind's handler or its retry policy). Names starting with ``jit.`` are reserved (``jit.event`` delivers published
+    events). A job whose kind no plugin of the running process handles fails with "no handler for kind X" and is
+    retried like any failure until it ends dead. Return a dict (possibly empty). See docs/JOBS.md.
+    """

@@ -7,17 +7,19 @@
 - ``GET /healthz``: checks the database.
 - every route plugins return from ``jit_routes``, mounted first (so a plugin can replace a built-in path).
 
-Mount it in another project with ``build_asgi_app(jitcore.load_app("app.yaml"))``.
+Mount it in another project with ``build_asgi_app(jitcore.load_app("app.yaml"))``. Its lifespan runs the app's job
+runner in the serving process and closes the app at shutdown (docs/JOBS.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 from datetime import date, datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -214,7 +216,9 @@ def openapi_document(app: "App") -> dict[str, Any]:
 
 def build_asgi_app(app: "App", *, debug: bool = False) -> Starlette:
     """The ASGI application of ``app``: plugin routes first, then the function API, ``/openapi.json`` and
-    ``/healthz``."""
+    ``/healthz``. Its lifespan starts the app's job runner (``app.jobs.start()``, unless the YAML says
+    ``jobs: {runner: false}``) and calls ``app.close()`` at shutdown; a server run with ``lifespan="off"`` does
+    neither."""
     routes: list[Any] = []
     for contributed in app.hook.jit_routes(app=app):
         routes.extend(contributed or [])
@@ -241,6 +245,18 @@ def build_asgi_app(app: "App", *, debug: bool = False) -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]
-    asgi = Starlette(debug=debug, routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        # every serving process runs a job runner (unless jobs.runner is false); shutting down stops it gracefully
+        # (a running job may finish) and releases the app
+        if app.model.jobs.runner:
+            app.jobs.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(app.close)
+
+    asgi = Starlette(debug=debug, routes=routes, lifespan=lifespan)
     asgi.state.jit_app = app
     return asgi

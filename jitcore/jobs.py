@@ -1,0 +1,855 @@
+"""A durable job queue in the app's own database: whatever must happen after a commit.
+
+A job is a row of ``jit_job``, written with :meth:`JobQueue.enqueue` *inside the caller's transaction*: it exists
+exactly when the caller's change is committed. Runners (``jit serve`` runs one in each worker, ``jit worker`` runs
+one alone, :meth:`JobQueue.run_until_idle` runs due jobs in the calling thread) take due jobs and call the handler
+their kind registers through the ``jit_job_handlers`` hook.
+
+A job's states: ``due`` → ``running`` → ``done`` | ``due`` again (a failed attempt, after a backoff) | ``dead``
+(``maxAttempts`` used up; kept and visible until retried). Two runs of one job never overlap while their runner is
+alive:
+
+- *claiming* is one conditional ``UPDATE ... WHERE id = :id AND (due and dueAt <= now, or running with an expired
+  lease) AND no earlier unfinished job has its sequenceKey``; the row count says who won. PostgreSQL candidates are
+  picked ``FOR UPDATE SKIP LOCKED``; SQLite serialises every transaction (``BEGIN IMMEDIATE``).
+- a claim holds a *lease* (``leaseSeconds``); a job whose runner died is claimed again once it expires.
+- *finishing* is fenced: ``UPDATE ... WHERE id = :id AND runner = :me AND state = 'running' AND attempts = :n``, so
+  a runner that lost its lease cannot overwrite the outcome of the attempt that replaced it.
+
+Delivery is therefore at least once: a handler that dies half-way runs again. Make handlers idempotent.
+
+:meth:`JobQueue.publish` is the transactional outbox for hook events: one ``jit.event`` job per hook implementation,
+all sharing one event id. docs/JOBS.md describes the whole contract.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as time_of_day
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
+                        and_, delete, exists, insert, or_, select, text, update)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from jitcore.errors import ConfigError
+
+if TYPE_CHECKING:
+    from jitcore.app import App
+
+__all__ = ["JobKind", "Job", "RetryLater", "RunSummary", "JobQueue", "encode_value", "decode_value", "EVENT_KIND",
+           "STATES", "SCHEMA_VERSION"]
+
+log = logging.getLogger("jitcore.jobs")
+
+#: the built-in kind that delivers :meth:`JobQueue.publish` events, one job per hook implementation
+EVENT_KIND = "jit.event"
+STATES = ("due", "running", "done", "dead")
+SCHEMA_COMPONENT = "jitcore.jobs"
+SCHEMA_VERSION = 1
+#: ``lastError`` keeps at most this many characters (its start and its end)
+ERROR_LIMIT = 4000
+#: how many due jobs a runner looks at per claim
+CANDIDATES = 10
+#: how often a runner makes sure every periodic kind has its job, and purges old done jobs (seconds)
+PERIODIC_CHECK_SECONDS = 60.0
+PURGE_SECONDS = 3600.0
+#: key of PostgreSQL's transaction-level advisory lock that serialises creating the tables
+_SCHEMA_LOCK = 0x6A69_746A_6F62  # "jitjob"
+
+metadata = MetaData()
+
+schema_table = Table(
+    "jit_schema", metadata,
+    Column("component", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+job_table = Table(
+    "jit_job", metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(128), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("dueAt", DateTime, nullable=False),
+    Column("createdAt", DateTime, nullable=False),
+    Column("updatedAt", DateTime, nullable=False),
+    Column("finishedAt", DateTime),
+    Column("lastError", Text),
+    Column("runner", String(128)),
+    Column("leaseUntil", DateTime),
+    Column("dedupeKey", String(255)),
+    Column("sequenceKey", String(255)),
+    UniqueConstraint("dedupeKey", name="uq_jit_job_dedupeKey"),
+    Index("ix_jit_job_state_dueAt", "state", "dueAt"),
+    Index("ix_jit_job_sequenceKey", "sequenceKey"),
+)
+
+
+def utcnow() -> datetime:
+    """Now in UTC, naive: the database columns hold naive UTC times on every dialect."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def _naive_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("a job time must be timezone-aware (e.g. datetime.now(UTC))")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+# -- payload encoding -----------------------------------------------------------------------------------------------
+_TAGS = ("$decimal", "$datetime", "$date", "$time", "$dict")
+
+
+def encode_value(value: Any) -> Any:
+    """``value`` as JSON-safe data: ``Decimal``, ``datetime`` (aware or naive), ``date`` and ``time`` become one-key
+    tagged dicts (``{"$decimal": "9.90"}``), tuples become lists, everything else JSON knows stays as it is.
+    :func:`decode_value` turns the result back into equal values of the same types. Raises ``TypeError`` for anything
+    else (and for dict keys that are not strings)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, time_of_day):
+        return {"$time": value.isoformat()}
+    if isinstance(value, dict):
+        encoded = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"job payload keys must be strings, not {type(key).__name__}")
+            encoded[key] = encode_value(item)
+        if len(encoded) == 1 and next(iter(encoded)) in _TAGS:
+            return {"$dict": encoded}  # a plain dict that looks like a tag
+        return encoded
+    if isinstance(value, (list, tuple)):
+        return [encode_value(item) for item in value]
+    raise TypeError(f"{type(value).__name__} cannot go into a job payload (JSON values, Decimal, datetime, date, "
+                    f"time)")
+
+
+def decode_value(value: Any) -> Any:
+    """The inverse of :func:`encode_value`."""
+    if isinstance(value, list):
+        return [decode_value(item) for item in value]
+    if isinstance(value, dict):
+        if len(value) == 1:
+            tag, inner = next(iter(value.items()))
+            if tag == "$decimal":
+                return Decimal(inner)
+            if tag == "$datetime":
+                return datetime.fromisoformat(inner)
+            if tag == "$date":
+                return date.fromisoformat(inner)
+            if tag == "$time":
+                return time_of_day.fromisoformat(inner)
+            if tag == "$dict":
+                return {key: decode_value(item) for key, item in inner.items()}
+        return {key: decode_value(item) for key, item in value.items()}
+    return value
+
+
+def _dumps(payload: dict[str, Any]) -> str:
+    return json.dumps(encode_value(payload), ensure_ascii=False, separators=(",", ":"))
+
+
+def _loads(text_: str) -> Any:
+    return decode_value(json.loads(text_))
+
+
+# -- the public value types -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobKind:
+    """What a job kind does and how it is retried (registered through ``jit_job_handlers``)."""
+
+    #: ``handler(app, payload, job)``; returning is success, raising is a failed attempt
+    handler: Callable[["App", dict, "Job"], None]
+    maxAttempts: int = 10
+    #: delay after failure n: min(maxBackoffSeconds, backoffSeconds * 2**(n-1)), times a jitter of 0.5..1.5
+    backoffSeconds: float = 5.0
+    maxBackoffSeconds: float = 3600.0
+    #: a running job whose runner died is taken again after this; keep it above the longest run
+    leaseSeconds: float = 300.0
+    #: periodic: runners keep exactly one job of this kind, due every ``every`` seconds after the last one ended
+    every: float | None = None
+
+    def __post_init__(self) -> None:
+        if not callable(self.handler):
+            raise TypeError("JobKind.handler must be callable as handler(app, payload, job)")
+        if self.maxAttempts < 1:
+            raise ValueError("JobKind.maxAttempts must be at least 1")
+        if self.backoffSeconds < 0 or self.maxBackoffSeconds < 0:
+            raise ValueError("JobKind backoff seconds must not be negative")
+        if self.leaseSeconds <= 0:
+            raise ValueError("JobKind.leaseSeconds must be positive")
+        if self.every is not None and self.every <= 0:
+            raise ValueError("JobKind.every must be positive (or None)")
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based), jitter included."""
+        base = min(self.maxBackoffSeconds, self.backoffSeconds * 2 ** min(max(attempt, 1) - 1, 60))
+        return base * random.uniform(0.5, 1.5)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a handler receives besides the payload."""
+
+    id: int
+    kind: str
+    payload: dict
+    #: 1-based number of this attempt
+    attempt: int
+    createdAt: datetime
+    sequenceKey: str | None
+    #: the error of the previous attempt, if any
+    lastError: str | None
+
+
+class RetryLater(Exception):
+    """A handler raises this to be run again later without being logged as a crash: ``RetryLater(message,
+    delay=seconds)`` or ``RetryLater(message, at=aware_datetime)`` (neither: the kind's backoff). It counts as an
+    attempt: after ``maxAttempts`` the job ends dead."""
+
+    def __init__(self, message: str = "", *, delay: float | None = None, at: datetime | None = None) -> None:
+        super().__init__(message)
+        if delay is not None and at is not None:
+            raise ValueError("RetryLater takes delay or at, not both")
+        if at is not None and at.tzinfo is None:
+            raise ValueError("RetryLater(at=...) needs a timezone-aware datetime")
+        if delay is not None and delay < 0:
+            raise ValueError("RetryLater(delay=...) must not be negative")
+        self.message = message
+        self.delay = delay
+        self.at = at
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What :meth:`JobQueue.run_until_idle` did: attempts that ended done, failed and were rescheduled, ended dead."""
+
+    done: int
+    retried: int
+    dead: int
+
+    def __str__(self) -> str:
+        return f"jobs: {self.done} done, {self.retried} retried, {self.dead} dead"
+
+
+class _NoHandler(LookupError):
+    """A job's kind has no handler in this process."""
+
+
+def _no_handler(app: "App", payload: dict, job: Job) -> None:
+    raise _NoHandler(f"no handler for kind {job.kind}")
+
+
+#: how a job of an unknown kind is treated: failed attempts with the default policy
+_UNKNOWN_KIND = JobKind(handler=_no_handler)
+
+
+def _describe(exc: BaseException) -> str:
+    """``lastError`` of a failed attempt: the exception's type and message first, then its traceback (code lines, no
+    local values), cut to :data:`ERROR_LIMIT` characters."""
+    if isinstance(exc, _NoHandler):
+        return str(exc)[:ERROR_LIMIT]
+    head = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if isinstance(exc, RetryLater):
+        return head[:ERROR_LIMIT]
+    text_ = head + "\n\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(text_) > ERROR_LIMIT:
+        half = ERROR_LIMIT // 2 - 10
+        text_ = text_[:half] + "\n[...]\n" + text_[-half:]
+    return text_
+
+
+def _first_line(error: str | None) -> str:
+    return (error or "").split("\n", 1)[0]
+
+
+def _due_condition(now: datetime) -> Any:
+    """Claimable now: due and its time has come, or running with an expired lease (its runner stopped)."""
+    j = job_table.c
+    return or_(and_(j.state == "due", j.dueAt <= now), and_(j.state == "running", j.leaseUntil < now))
+
+
+def _not_blocked() -> Any:
+    """No earlier job with the same sequenceKey is unfinished (jobs without one are never blocked)."""
+    earlier = job_table.alias("earlier")
+    return ~exists().where(earlier.c.sequenceKey == job_table.c.sequenceKey, earlier.c.id < job_table.c.id,
+                           earlier.c.state.in_(("due", "running")))
+
+
+def _as_connection(conn: Any) -> Connection:
+    """The Connection of a SQLAlchemy Connection or Session (the session's transaction begins if need be)."""
+    return conn if isinstance(conn, Connection) else conn.connection()
+
+
+def _insert_ignoring(conn: Connection, table: Table, values: dict[str, Any], conflict: list[str]) -> Any:
+    """Insert ``values``, or nothing when a row with the same ``conflict`` columns exists, without aborting the
+    transaction (``INSERT ... ON CONFLICT DO NOTHING`` on PostgreSQL and SQLite, a savepoint elsewhere). Returns the
+    new row's primary key, or None."""
+    name = conn.dialect.name
+    if name in ("postgresql", "sqlite"):
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        stmt = dialect_insert(table).values(**values).on_conflict_do_nothing(index_elements=conflict)
+        key = list(table.primary_key.columns)[0]
+        return conn.execute(stmt.returning(key)).scalar()
+    try:
+        with conn.begin_nested():
+            return conn.execute(insert(table).values(**values)).inserted_primary_key[0]
+    except IntegrityError:
+        return None
+
+
+def _insert_job(conn: Connection, values: dict[str, Any]) -> int | None:
+    if values.get("dedupeKey") is not None:
+        return _insert_ignoring(conn, job_table, values, ["dedupeKey"])
+    if conn.dialect.insert_returning:
+        return conn.execute(insert(job_table).values(**values).returning(job_table.c.id)).scalar_one()
+    return conn.execute(insert(job_table).values(**values)).inserted_primary_key[0]
+
+
+def periodic_key(kind: str) -> str:
+    """The dedupeKey of the one unfinished job a periodic kind keeps."""
+    return f"periodic:{kind}"
+
+
+def _check_key(name: str, value: str | None, limit: int) -> None:
+    if value is not None and (not isinstance(value, str) or not value or len(value) > limit):
+        raise ValueError(f"{name} must be a non-empty string of at most {limit} characters")
+
+
+# -- the queue --------------------------------------------------------------------------------------------------------
+class JobQueue:
+    """The app's job queue: one per App, as ``app.jobs``. Thread-safe."""
+
+    def __init__(self, app: "App") -> None:
+        self.app = app
+        self.settings = app.model.jobs
+        self._lock = threading.RLock()
+        self._ready = False
+        self._kinds: dict[str, JobKind] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event: threading.Event | None = None
+        self._wakeup = threading.Event()
+        self._token = uuid.uuid4().hex[:6]
+        self._last_periodic = float("-inf")
+        self._last_purge = float("-inf")
+
+    # -- schema -----------------------------------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create ``jit_job`` and ``jit_schema`` if they are missing (safely when several processes start at once)
+        and refuse a database whose job schema is newer than this jitcore (:class:`ConfigError`)."""
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            with self.app.engine.begin() as conn:
+                self._create_schema(conn)
+            self._ready = True
+
+    def _create_schema(self, conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            # concurrent CREATE TABLEs of a fresh database would collide in the catalog: one process at a time
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        schema_table.create(conn, checkfirst=True)
+        version = conn.execute(select(schema_table.c.version)
+                               .where(schema_table.c.component == SCHEMA_COMPONENT)).scalar()
+        if version is not None and version > SCHEMA_VERSION:
+            raise ConfigError(f"the database's job queue schema (jit_schema {SCHEMA_COMPONENT}) is version {version}, "
+                              f"newer than this jitcore's ({SCHEMA_VERSION}); upgrade jitcore")
+        job_table.create(conn, checkfirst=True)
+        if version is None:
+            _insert_ignoring(conn, schema_table, {"component": SCHEMA_COMPONENT, "version": SCHEMA_VERSION},
+                             ["component"])
+
+    def _prepare(self, conn: Connection) -> None:
+        """Tables for a write inside the caller's transaction."""
+        if self._ready:
+            return
+        if conn.dialect.name == "sqlite":
+            # the caller's transaction holds SQLite's write lock (BEGIN IMMEDIATE): a second connection would wait
+            # for it, so create the tables in the caller's transaction (they vanish with a rollback, hence no
+            # _ready here; the next write after the commit, or any runner, checks again)
+            self._create_schema(conn)
+        else:
+            self.ensure_schema()
+
+    # -- kinds ------------------------------------------------------------------------------------------------------
+    def kinds(self) -> dict[str, JobKind]:
+        """Registered kinds: those of ``jit_job_handlers`` (a higher layer wins a name) plus ``jit.event``."""
+        return dict(self._kind_map())
+
+    def _kind_map(self) -> dict[str, JobKind]:
+        if self._kinds is None:
+            with self._lock:
+                if self._kinds is None:
+                    self._kinds = self._collect_kinds()
+        return self._kinds
+
+    def _collect_kinds(self) -> dict[str, JobKind]:
+        kinds: dict[str, JobKind] = {}
+        # get_hookimpls() lists the lowest layer first: a higher layer overwrites a name
+        for impl in self.app.hook.jit_job_handlers.get_hookimpls():
+            contributed = impl.function(**{name: self.app for name in impl.argnames if name == "app"})
+            if contributed is None:
+                continue
+            if not isinstance(contributed, dict):
+                raise ConfigError(f"plugin {impl.plugin_name}: jit_job_handlers must return a dict of kind name -> "
+                                  f"JobKind or handler, not {type(contributed).__name__}")
+            for name, value in contributed.items():
+                if not isinstance(name, str) or not name or len(name) > 128:
+                    raise ConfigError(f"plugin {impl.plugin_name}: a job kind name must be a string of 1 to 128 "
+                                      f"characters, got {name!r}")
+                if name.startswith("jit."):
+                    raise ConfigError(f"plugin {impl.plugin_name}: job kind {name}: names starting with 'jit.' are "
+                                      f"reserved for jitcore")
+                if isinstance(value, JobKind):
+                    kinds[name] = value
+                elif callable(value):
+                    kinds[name] = JobKind(handler=value)
+                else:
+                    raise ConfigError(f"plugin {impl.plugin_name}: job kind {name} must be a JobKind or a callable "
+                                      f"handler(app, payload, job)")
+        events = self.settings.events
+        kinds[EVENT_KIND] = JobKind(handler=_deliver_event, maxAttempts=events.maxAttempts,
+                                    backoffSeconds=events.backoffSeconds,
+                                    maxBackoffSeconds=events.maxBackoffSeconds, leaseSeconds=events.leaseSeconds)
+        return kinds
+
+    def _kind(self, name: str) -> JobKind:
+        return self._kind_map().get(name, _UNKNOWN_KIND)
+
+    # -- writing jobs -----------------------------------------------------------------------------------------------
+    def enqueue(self, conn: Any, kind: str, payload: dict, *, delay: float = 0, at: datetime | None = None,
+                dedupeKey: str | None = None, sequenceKey: str | None = None) -> int | None:
+        """Add a job inside the caller's transaction: ``conn`` is a SQLAlchemy Session or Connection on
+        ``app.engine``; this executes one INSERT on it and never commits or rolls back. Returns the new job's id, or
+        None when ``dedupeKey`` names a job that is not finished yet (the caller's transaction stays usable).
+
+        ``payload`` is a dict of JSON values, ``Decimal``, ``datetime``, ``date`` and ``time`` (see
+        :func:`encode_value`); the handler receives it with the same types. The job is due after ``delay`` seconds
+        or at the aware datetime ``at``. Jobs sharing a ``sequenceKey`` run one after the other in id order."""
+        _check_key("kind", kind, 128)
+        _check_key("dedupeKey", dedupeKey, 255)
+        _check_key("sequenceKey", sequenceKey, 255)
+        if not isinstance(payload, dict):
+            raise TypeError("a job payload is a dict")
+        if at is not None and delay:
+            raise ValueError("enqueue takes delay or at, not both")
+        encoded = _dumps(payload)
+        if kind not in self._kind_map():
+            log.warning("enqueue: no handler for job kind %s in this process (a runner with one must take it)", kind)
+        now = utcnow()
+        due = _naive_utc(at) if at is not None else now + timedelta(seconds=max(0.0, float(delay)))
+        connection = _as_connection(conn)
+        self._prepare(connection)
+        return _insert_job(connection, {
+            "kind": kind, "payload": encoded, "state": "due", "attempts": 0, "dueAt": due, "createdAt": now,
+            "updatedAt": now, "dedupeKey": dedupeKey, "sequenceKey": sequenceKey})
+
+    def publish(self, conn: Any, event: str, kwargs: dict, *, sequenceKey: str | None = None) -> list[int]:
+        """Transactional outbox: write hook event ``event`` (e.g. ``"jit_order_paid"``) in the caller's transaction
+        as one ``jit.event`` job per implementation registered on ``app.pm``, all sharing one event id (uuid4 hex).
+
+        Delivery calls each implementation with the arguments it declares, taken from ``kwargs``, plus ``app`` and,
+        if it declares ``event`` (its hookspec must too), ``event={"id", "name", "attempt", "createdAt"}``. kwargs
+        come back with their types (``Decimal``, aware ``datetime``, nested dicts and lists). Deliveries of one
+        plugin with the same ``sequenceKey`` happen in id order. Returns the job ids (none without
+        implementations); pass them to :meth:`run_now` after the commit."""
+        caller = getattr(self.app.hook, event, None)
+        if caller is None or caller.spec is None:
+            raise ValueError(f"{event} is not a hook specified by jitcore or a plugin (jit_hookspecs)")
+        if not isinstance(kwargs, dict):
+            raise TypeError("publish kwargs are a dict of the hook's arguments")
+        reserved = {"app", "event"} & set(kwargs)
+        if reserved:
+            raise ValueError(f"publish kwargs must not contain {', '.join(sorted(reserved))}: delivery adds them")
+        impls = [impl for impl in reversed(caller.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
+        event_id = uuid.uuid4().hex
+        created = datetime.now(UTC)
+        ids = []
+        for impl in impls:
+            payload = {"event": event, "eventId": event_id, "plugin": impl.plugin_name, "createdAt": created,
+                       "kwargs": kwargs}
+            # one sequence per subscribing plugin: a failing plugin delays only its own later events
+            sequence = f"{sequenceKey}|{impl.plugin_name}" if sequenceKey is not None else None
+            job_id = self.enqueue(conn, EVENT_KIND, payload, sequenceKey=sequence)
+            assert job_id is not None
+            ids.append(job_id)
+        return ids
+
+    # -- running jobs -----------------------------------------------------------------------------------------------
+    def _runner_id(self) -> str:
+        return f"{socket.gethostname()}:{os.getpid()}:{self._token}:{threading.get_native_id()}"[-128:]
+
+    def _take(self, conn: Connection, row: Any, now: datetime) -> str | None:
+        """Claim candidate ``row`` (read in this transaction) for this thread: ``"claimed"``, ``"dead"`` (its lease
+        expired on its last attempt) or None (someone else was faster, or an earlier job of its sequence is not
+        finished)."""
+        j = job_table.c
+        kind = self._kind(row.kind)
+        unchanged = [j.id == row.id, j.state == row.state, j.attempts == row.attempts, _due_condition(now)]
+        values: dict[str, Any] = {}
+        if row.state == "running":
+            lost = (f"attempt {row.attempts} did not finish: its lease expired (runner {row.runner} stopped or "
+                    f"hung)")
+            if row.attempts >= kind.maxAttempts:
+                result = conn.execute(update(job_table).where(*unchanged).values(
+                    state="dead", finishedAt=now, updatedAt=now, leaseUntil=None, dedupeKey=None, lastError=lost))
+                if result.rowcount != 1:
+                    return None
+                log.error("job %s (%s) is dead after %d attempts: %s", row.id, row.kind, row.attempts, lost)
+                self._schedule_next(conn, row.kind, kind, row.dedupeKey, now)
+                return "dead"
+            values["lastError"] = lost
+        result = conn.execute(update(job_table).where(*unchanged, _not_blocked()).values(
+            state="running", runner=self._runner_id(), leaseUntil=now + timedelta(seconds=kind.leaseSeconds),
+            attempts=j.attempts + 1, updatedAt=now, **values))
+        return "claimed" if result.rowcount == 1 else None
+
+    def _claim_next(self) -> tuple[str | None, Any]:
+        """Claim the next due job: ``("claimed", row)``, ``("dead", None)`` or ``(None, None)`` when none is due."""
+        j = job_table.c
+        now = utcnow()
+        with self.app.engine.begin() as conn:
+            candidates = (select(j.id, j.kind, j.state, j.attempts, j.runner, j.dedupeKey)
+                          .where(_due_condition(now), _not_blocked()).order_by(j.dueAt, j.id).limit(CANDIDATES))
+            if conn.dialect.name == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True, of=job_table)
+            for row in conn.execute(candidates).all():
+                outcome = self._take(conn, row, now)
+                if outcome == "claimed":
+                    return outcome, conn.execute(select(job_table).where(j.id == row.id)).one()
+                if outcome == "dead":
+                    return outcome, None
+        return None, None
+
+    def _claim_id(self, job_id: int) -> Any:
+        j = job_table.c
+        now = utcnow()
+        with self.app.engine.begin() as conn:
+            row = conn.execute(select(j.id, j.kind, j.state, j.attempts, j.runner, j.dedupeKey)
+                               .where(j.id == job_id, _due_condition(now), _not_blocked())).first()
+            if row is not None and self._take(conn, row, now) == "claimed":
+                return conn.execute(select(job_table).where(j.id == job_id)).one()
+        return None
+
+    def _execute(self, row: Any) -> str:
+        """Run claimed job ``row`` and record its outcome: ``"done"``, ``"retried"`` or ``"dead"``."""
+        kind = self._kind(row.kind)
+        try:
+            payload = _loads(row.payload)
+            job = Job(id=row.id, kind=row.kind, payload=payload, attempt=row.attempts,
+                      createdAt=_aware(row.createdAt), sequenceKey=row.sequenceKey, lastError=row.lastError)
+            kind.handler(self.app, payload, job)
+        except Exception as exc:
+            return self._failed(row, kind, exc)
+        self._succeeded(row, kind)
+        return "done"
+
+    def _fence(self, row: Any) -> list[Any]:
+        """Only the attempt that ``row`` claimed may record its outcome."""
+        j = job_table.c
+        return [j.id == row.id, j.runner == row.runner, j.state == "running", j.attempts == row.attempts]
+
+    def _succeeded(self, row: Any, kind: JobKind) -> None:
+        now = utcnow()
+        with self.app.engine.begin() as conn:
+            result = conn.execute(update(job_table).where(*self._fence(row)).values(
+                state="done", finishedAt=now, updatedAt=now, leaseUntil=None, dedupeKey=None))
+            if result.rowcount == 1:
+                self._schedule_next(conn, row.kind, kind, row.dedupeKey, now)
+                log.debug("job %s (%s) done on attempt %d", row.id, row.kind, row.attempts)
+            else:
+                log.warning("job %s (%s): attempt %d finished after its lease had been taken over; its outcome is "
+                            "not recorded", row.id, row.kind, row.attempts)
+
+    def _failed(self, row: Any, kind: JobKind, exc: Exception) -> str:
+        now = utcnow()
+        error = _describe(exc)
+        retry_later = isinstance(exc, RetryLater)
+        values: dict[str, Any] = {"updatedAt": now, "leaseUntil": None, "lastError": error}
+        if row.attempts >= kind.maxAttempts:
+            outcome = "dead"
+            values.update(state="dead", finishedAt=now, dedupeKey=None)
+        else:
+            outcome = "retried"
+            if retry_later and exc.at is not None:
+                due = _naive_utc(exc.at)
+            elif retry_later and exc.delay is not None:
+                due = now + timedelta(seconds=exc.delay)
+            else:
+                due = now + timedelta(seconds=kind.backoff(row.attempts))
+            values.update(state="due", dueAt=due)
+        with self.app.engine.begin() as conn:
+            result = conn.execute(update(job_table).where(*self._fence(row)).values(**values))
+            if result.rowcount != 1:
+                log.warning("job %s (%s): attempt %d failed after its lease had been taken over; its outcome is not "
+                            "recorded: %s", row.id, row.kind, row.attempts, _first_line(error))
+                return outcome
+            if outcome == "dead":
+                self._schedule_next(conn, row.kind, kind, row.dedupeKey, now)
+        crash = None if retry_later or isinstance(exc, _NoHandler) else exc
+        if outcome == "dead":
+            log.error("job %s (%s) is dead after %d attempts: %s", row.id, row.kind, row.attempts,
+                      _first_line(error), exc_info=crash)
+        elif crash is None:
+            log.info("job %s (%s) attempt %d: %s; trying again at %s", row.id, row.kind, row.attempts,
+                     _first_line(error), values["dueAt"].isoformat(timespec="seconds"))
+        else:
+            log.warning("job %s (%s) attempt %d/%d failed; trying again at %s", row.id, row.kind, row.attempts,
+                        kind.maxAttempts, values["dueAt"].isoformat(timespec="seconds"), exc_info=crash)
+        return outcome
+
+    def _release(self, row: Any) -> None:
+        """Give back a claimed job this thread will not start (the attempt is not counted)."""
+        j = job_table.c
+        with self.app.engine.begin() as conn:
+            conn.execute(update(job_table).where(*self._fence(row)).values(
+                state="due", attempts=j.attempts - 1, runner=None, leaseUntil=None, updatedAt=utcnow()))
+
+    def _schedule_next(self, conn: Connection, name: str, kind: JobKind, dedupeKey: str | None,
+                       now: datetime) -> None:
+        """After a periodic kind's job ended: its successor, due ``every`` seconds from now."""
+        if kind.every and dedupeKey == periodic_key(name):
+            _insert_job(conn, {"kind": name, "payload": "{}", "state": "due", "attempts": 0,
+                               "dueAt": now + timedelta(seconds=kind.every), "createdAt": now, "updatedAt": now,
+                               "dedupeKey": periodic_key(name), "sequenceKey": None})
+
+    def ensure_periodic(self) -> None:
+        """Make sure every periodic kind (``every=N``) has its one unfinished job (a missing one is due now)."""
+        periodic = [name for name, kind in self._kind_map().items() if kind.every]
+        if not periodic:
+            return
+        self.ensure_schema()
+        now = utcnow()
+        with self.app.engine.begin() as conn:
+            for name in periodic:
+                _insert_job(conn, {"kind": name, "payload": "{}", "state": "due", "attempts": 0, "dueAt": now,
+                                   "createdAt": now, "updatedAt": now, "dedupeKey": periodic_key(name),
+                                   "sequenceKey": None})
+
+    def purge(self, olderThan: timedelta | None = None) -> int:
+        """Delete done jobs that finished longer ago than ``olderThan`` (default: ``jobs.keepDoneDays``), in
+        batches. Dead jobs stay. Returns how many were deleted."""
+        self.ensure_schema()
+        j = job_table.c
+        cutoff = utcnow() - (olderThan if olderThan is not None else timedelta(days=self.settings.keepDoneDays))
+        deleted = 0
+        while True:
+            with self.app.engine.begin() as conn:
+                ids = conn.execute(select(j.id).where(j.state == "done", j.finishedAt < cutoff).limit(500)).scalars()
+                ids = list(ids)
+                if ids:
+                    conn.execute(delete(job_table).where(j.id.in_(ids)))
+            deleted += len(ids)
+            if len(ids) < 500:
+                return deleted
+
+    def _housekeeping(self) -> None:
+        """Now and then: periodic jobs ensured, old done jobs purged."""
+        clock = time.monotonic()
+        if clock - self._last_periodic >= PERIODIC_CHECK_SECONDS:
+            self._last_periodic = clock
+            self.ensure_periodic()
+        if clock - self._last_purge >= PURGE_SECONDS:
+            self._last_purge = clock
+            purged = self.purge()
+            if purged:
+                log.info("purged %d done jobs older than %s days", purged, self.settings.keepDoneDays)
+
+    def run_now(self, ids: Iterable[int | None]) -> None:
+        """Right after the caller's commit: claim and run these jobs in the calling thread if they are still due
+        and not taken (their first attempt without waiting for a runner). Never raises: a failure is recorded and
+        retried later, and a database error leaves the jobs to the runners."""
+        for job_id in ids:
+            if job_id is None:
+                continue
+            try:
+                self.ensure_schema()
+                row = self._claim_id(job_id)
+                if row is not None:
+                    self._execute(row)
+            except Exception:
+                log.exception("job %s could not run right after its commit; a runner will take it", job_id)
+
+    def run_until_idle(self, *, limit: int | None = None, timeout: float | None = None) -> RunSummary:
+        """Run due jobs in this thread, one after another, until none is due now (jobs due later are not waited
+        for), ``limit`` attempts were made or ``timeout`` seconds passed. Periodic kinds get their job first."""
+        self.ensure_schema()
+        self.ensure_periodic()
+        counts = {"done": 0, "retried": 0, "dead": 0}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        runs = 0
+        while (limit is None or runs < limit) and (deadline is None or time.monotonic() < deadline):
+            outcome, row = self._claim_next()
+            if outcome is None:
+                break
+            runs += 1
+            counts["dead" if outcome == "dead" else self._execute(row)] += 1
+        if time.monotonic() - self._last_purge >= PURGE_SECONDS:
+            self._last_purge = time.monotonic()
+            self.purge()
+        return RunSummary(**counts)
+
+    # -- the runner thread ------------------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Make this process's runner thread (if started) look for due jobs now."""
+        self._wakeup.set()
+
+    @property
+    def running(self) -> bool:
+        """Whether this process's runner thread is alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def start(self) -> None:
+        """Start this process's background runner thread (idempotent). It polls every ``jobs.pollSeconds`` and
+        runs one job at a time."""
+        with self._lock:
+            if self.running:
+                return
+            stop = threading.Event()
+            thread = threading.Thread(target=self._loop, args=(stop,), name=f"jit-jobs-{self.app.appId}",
+                                      daemon=True)
+            self._thread, self._stop_event = thread, stop
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the runner thread: a job it is running may finish within ``timeout`` seconds (otherwise its lease
+        expires and another runner takes it); a job it claimed but has not started is given back."""
+        with self._lock:
+            thread, stop = self._thread, self._stop_event
+            self._thread = self._stop_event = None
+        if thread is None or stop is None:
+            return
+        stop.set()
+        self._wakeup.set()
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("the job runner did not stop within %.0f s; the lease of its job will expire", timeout)
+
+    def _loop(self, stop: threading.Event) -> None:
+        failures = 0
+        log.info("job runner %s started", self._runner_id())
+        while not stop.is_set():
+            try:
+                self.ensure_schema()
+                self._housekeeping()
+                self._wakeup.clear()
+                outcome, row = self._claim_next()
+                failures = 0
+            except ConfigError as exc:
+                log.error("the job runner stops: %s", exc)
+                return
+            except Exception:
+                failures += 1
+                log.exception("the job runner cannot use the database (failure %d); trying again", failures)
+                stop.wait(min(30.0, self.settings.pollSeconds * 2 ** min(failures, 5)))
+                continue
+            if outcome == "claimed":
+                if stop.is_set():
+                    self._release(row)
+                    break
+                try:
+                    self._execute(row)
+                except Exception:
+                    log.exception("job %s: recording its outcome failed; its lease will expire", row.id)
+                continue
+            if outcome == "dead":
+                continue
+            self._wakeup.wait(self.settings.pollSeconds)
+        log.info("job runner %s stopped", self._runner_id())
+
+    # -- operating --------------------------------------------------------------------------------------------------
+    def retry(self, job_id: int) -> bool:
+        """Requeue a dead job, or a due job that failed, to run now with its attempts reset. False if there is no
+        such job in one of those states."""
+        self.ensure_schema()
+        j = job_table.c
+        now = utcnow()
+        with self.app.engine.begin() as conn:
+            result = conn.execute(update(job_table).where(
+                j.id == job_id, or_(j.state == "dead", and_(j.state == "due", j.lastError.is_not(None)))).values(
+                state="due", attempts=0, dueAt=now, runner=None, leaseUntil=None, finishedAt=None, updatedAt=now))
+        self.wake()
+        return result.rowcount == 1
+
+    def get(self, job_id: int) -> dict[str, Any] | None:
+        """One job as :meth:`list` shows it, or None."""
+        self.ensure_schema()
+        with self.app.engine.connect() as conn:
+            row = conn.execute(select(job_table).where(job_table.c.id == job_id)).first()
+        return _row_dict(row) if row is not None else None
+
+    def list(self, states: Iterable[str] | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` jobs (id descending) in ``states`` (default: every state), as dicts of their
+        columns (times aware, in UTC; ``payload`` decoded)."""
+        self.ensure_schema()
+        stmt = select(job_table).order_by(job_table.c.id.desc()).limit(limit)
+        if states is not None:
+            wanted = sorted(set(states))
+            unknown = [state for state in wanted if state not in STATES]
+            if unknown:
+                raise ValueError(f"unknown job state(s) {', '.join(unknown)} (states: {', '.join(STATES)})")
+            stmt = stmt.where(job_table.c.state.in_(wanted))
+        with self.app.engine.connect() as conn:
+            return [_row_dict(row) for row in conn.execute(stmt)]
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    data = dict(row._mapping)
+    for key in ("dueAt", "createdAt", "updatedAt", "finishedAt", "leaseUntil"):
+        data[key] = _aware(data[key])
+    try:
+        data["payload"] = _loads(data["payload"])
+    except ValueError:
+        pass  # shown as stored
+    return data
+
+
+# -- event delivery -------------------------------------------------------------------------------------------------
+def _deliver_event(app: "App", payload: dict, job: Job) -> None:
+    """The ``jit.event`` handler: call the one implementation this job is for."""
+    name, plugin = payload["event"], payload["plugin"]
+    caller = getattr(app.hook, name, None)
+    impl = None
+    if caller is not None:
+        impl = next((i for i in caller.get_hookimpls()
+                     if i.plugin_name == plugin and not (i.hookwrapper or i.wrapper)), None)
+    if impl is None:
+        raise LookupError(f"plugin {plugin} has no implementation of {name} in this process")
+    arguments = {**payload["kwargs"], "app": app,
+                 "event": {"id": payload["eventId"], "name": name, "attempt": job.attempt,
+                           "createdAt": payload["createdAt"]}}
+    missing = [arg for arg in impl.argnames if arg not in arguments]
+    if missing:
+        raise TypeError(f"{name} was published without {', '.join(missing)}, which {plugin}'s implementation "
+                        f"declares")
+    impl.function(**{arg: arguments[arg] for arg in impl.argnames})
