@@ -11,13 +11,22 @@ Methods: ``alipay.trade.precreate`` (QR code: a link to the sandbox wallet page)
 ``alipay.trade.page.pay`` (the browser is sent to the wallet page), ``alipay.trade.query``, ``alipay.trade.close``,
 ``alipay.trade.refund`` and ``alipay.trade.fastpay.refund.query``. Trades live in memory, in Alipay's states: a
 precreated trade does not exist (``ACQ.TRADE_NOT_EXIST``) until its QR code is scanned (the wallet page opened), then
-``WAIT_BUYER_PAY``, ``TRADE_SUCCESS`` once paid, ``TRADE_CLOSED`` when closed, timed out or fully refunded.
+``WAIT_BUYER_PAY``, ``TRADE_SUCCESS`` once paid, ``TRADE_CLOSED`` when closed, timed out or fully refunded. Closing
+a trade nobody has scanned does nothing (Alipay answers ``ACQ.TRADE_NOT_EXIST``): its QR code stays payable until it
+expires, as at Alipay. A trade expires at its ``time_expire`` (``yyyy-MM-dd HH:mm:ss``, Beijing time; it wins over
+``timeout_express``) or ``timeout_express`` after its creation (default 2 hours for a QR code, 15 days for a link).
 
 Settings (``app.settings["sandbox"]["alipay"]``): ``appId``, ``sellerId``, ``appPublicKey`` (verifies requests),
 ``gatewayPrivateKey`` (signs responses and notifications); optional ``merchantName``, ``notifyRetryDelays`` (alias
 ``notifyDelays``; seconds to wait before each notification attempt, default ``[0, 1, 2, 4, 8, 16, 32, 64]``: 8
-tries), ``notifyTimeout`` (seconds, default 5) and ``timestampTolerance`` (seconds a request's timestamp may be off,
-default 1800).
+tries), ``notifyTimeout`` (seconds, default 5), ``timestampTolerance`` (seconds a request's timestamp may be off,
+default 1800) and ``notifyMode`` (``send``, the default: post notifications; ``hold``: keep them for a test to deliver,
+see :meth:`AlipaySandbox.take_notifications`).
+
+For tests, the sandbox object (``route.endpoint.__self__`` of its routes, or :func:`jitpay_sandbox.sandbox_of`) has a
+thread-safe Python API: :meth:`~AlipaySandbox.pay`, :meth:`~AlipaySandbox.trade`, :meth:`~AlipaySandbox.captured`,
+:meth:`~AlipaySandbox.refunded`, :meth:`~AlipaySandbox.references`, :meth:`~AlipaySandbox.held_notifications`,
+:meth:`~AlipaySandbox.take_notifications` and :attr:`~AlipaySandbox.notify_mode`.
 """
 
 from __future__ import annotations
@@ -50,6 +59,9 @@ from starlette.routing import BaseRoute, Route
 
 from jitcore.errors import ConfigError
 
+from .held import NOTIFY_MODES, HeldNotification
+from .registry import register
+
 __all__ = ["AlipaySandbox", "alipay_routes", "generate_alipay_keys"]
 
 log = logging.getLogger("jitpay_sandbox.alipay")
@@ -61,6 +73,7 @@ DEFAULT_NOTIFY_DELAYS = (0, 1, 2, 4, 8, 16, 32, 64)
 MAX_REQUEST_BYTES = 256 * 1024
 OUT_TRADE_NO_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 MAX_AMOUNT = Decimal("100000000.00")
+NOTIFY_HEADERS = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
 
 # trade states (Alipay's, plus the state of a QR code nobody has scanned yet, which Alipay does not know about)
 UNSCANNED = "UNSCANNED"
@@ -175,6 +188,16 @@ def _money(value: Decimal) -> str:
     return f"{value.quantize(Decimal('0.01')):.2f}"
 
 
+def _parse_time_expire(value: Any) -> datetime:
+    """``time_expire``: ``yyyy-MM-dd HH:mm:ss`` in Beijing time, exactly."""
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", value):
+        raise _business("ACQ.INVALID_PARAMETER", "参数无效: time_expire must be yyyy-MM-dd HH:mm:ss")
+    try:
+        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=BEIJING)
+    except ValueError:
+        raise _business("ACQ.INVALID_PARAMETER", "参数无效: time_expire is not a valid time") from None
+
+
 def _parse_timeout(text: str | None, default: timedelta) -> timedelta:
     """``timeout_express``: ``90m``, ``2h``, ``1d`` (``1c``, "until the end of today", taken as a day)."""
     match = re.fullmatch(r"(\d{1,5})([mhdc])", (text or "").strip())
@@ -243,7 +266,7 @@ class AlipaySandbox:
     def __init__(self, *, app_id: str, seller_id: str, app_public_key: rsa.RSAPublicKey,
                  gateway_private_key: rsa.RSAPrivateKey, merchant_name: str = "JitPay Sandbox Merchant",
                  notify_delays: tuple[float, ...] = DEFAULT_NOTIFY_DELAYS, notify_timeout: float = 5.0,
-                 timestamp_tolerance: float = 1800.0) -> None:
+                 timestamp_tolerance: float = 1800.0, notify_mode: str = "send") -> None:
         self.app_id = app_id
         self.seller_id = seller_id
         self.merchant_name = merchant_name
@@ -257,6 +280,8 @@ class AlipaySandbox:
         self._tokens: dict[str, str] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._held: list[HeldNotification] = []
+        self.notify_mode = notify_mode
         self._templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
             autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
@@ -288,12 +313,16 @@ class AlipaySandbox:
         except (TypeError, ValueError):
             raise ConfigError("sandbox: settings.sandbox.alipay.notifyTimeout and timestampTolerance are seconds") \
                 from None
+        notify_mode = settings.get("notifyMode", "send")
+        if notify_mode not in NOTIFY_MODES:
+            raise ConfigError(f"sandbox: settings.sandbox.alipay.notifyMode must be one of {', '.join(NOTIFY_MODES)}")
         return cls(app_id=text("appId") or "", seller_id=text("sellerId") or "",
                    app_public_key=_read_key(settings.get("appPublicKey"), private=False, setting="appPublicKey"),
                    gateway_private_key=_read_key(settings.get("gatewayPrivateKey"), private=True,
                                                  setting="gatewayPrivateKey"),
                    merchant_name=text("merchantName", required=False) or "JitPay Sandbox Merchant",
-                   notify_delays=delays, notify_timeout=notify_timeout, timestamp_tolerance=tolerance)
+                   notify_delays=delays, notify_timeout=notify_timeout, timestamp_tolerance=tolerance,
+                   notify_mode=notify_mode)
 
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes of this sandbox, under ``/sandbox/alipay/``."""
@@ -309,13 +338,68 @@ class AlipaySandbox:
         for thread in list(self._threads):
             thread.join(timeout=self.notify_timeout + 1)
 
+    # -- the Python API for tests ----------------------------------------------------------------------------------
+    @property
+    def notify_mode(self) -> str:
+        """``"send"`` (post notifications and retry them) or ``"hold"`` (keep them, see :meth:`take_notifications`).
+        Settable at any time; it applies to notifications made afterwards."""
+        return self._notify_mode
+
+    @notify_mode.setter
+    def notify_mode(self, mode: str) -> None:
+        if mode not in NOTIFY_MODES:
+            raise ValueError(f"notify_mode must be one of {', '.join(NOTIFY_MODES)}, not {mode!r}")
+        with self._lock:
+            self._notify_mode = mode
+
     def trade(self, out_trade_no: str) -> SandboxTrade | None:
-        """The trade of ``out_trade_no`` (for tests and the demo), or None."""
+        """The trade of ``out_trade_no`` (for tests and the demo), or None. The live object: read it, do not change
+        it."""
         with self._lock:
             trade = self._trades.get(out_trade_no)
             if trade is not None:
                 self._expire(trade)
             return trade
+
+    def references(self) -> list[str]:
+        """The ``out_trade_no`` of every trade the sandbox holds (scanned or not), in creation order."""
+        with self._lock:
+            return list(self._trades)
+
+    def pay(self, reference: str) -> bool:
+        """Pay the trade ``reference`` (an ``out_trade_no``) as the wallet's Pay button does: scan it first if it is an
+        unscanned QR code, then pay it and notify (or hold the notification). True when this call paid it; False when
+        it cannot be paid (expired, closed, already paid). ``KeyError`` for a trade the sandbox never saw."""
+        with self._lock:
+            trade = self._trades.get(reference)
+            if trade is None:
+                raise KeyError(reference)
+            return self._pay(trade)
+
+    def captured(self, reference: str) -> Decimal:
+        """Yuan the buyer paid into the trade ``reference`` (its amount once paid, also after refunds; ``0.00`` when
+        unpaid or unknown)."""
+        with self._lock:
+            trade = self._trades.get(reference)
+            paid = trade is not None and trade.gmt_payment is not None
+            return trade.total_amount if paid else Decimal("0.00")  # type: ignore[union-attr]
+
+    def refunded(self, reference: str) -> Decimal:
+        """Yuan refunded from the trade ``reference`` so far (``0.00`` when none or unknown)."""
+        with self._lock:
+            trade = self._trades.get(reference)
+            return trade.refunded if trade is not None else Decimal("0.00")
+
+    def held_notifications(self) -> list[HeldNotification]:
+        """The notifications held so far (``notifyMode: hold``), oldest first; they stay held."""
+        with self._lock:
+            return list(self._held)
+
+    def take_notifications(self) -> list[HeldNotification]:
+        """The notifications held so far, oldest first, removing them from the sandbox."""
+        with self._lock:
+            held, self._held = self._held, []
+            return held
 
     # -- gateway.do -------------------------------------------------------------------------------------------------
     async def gateway(self, request: Request) -> Response:
@@ -447,12 +531,16 @@ class AlipaySandbox:
             trade.return_url = params.get("return_url") or trade.return_url
             return trade
         now = _now()
+        if biz.get("time_expire") is not None:  # absolute, and it wins over timeout_express
+            expires = _parse_time_expire(biz.get("time_expire"))
+        else:
+            expires = now + _parse_timeout(biz.get("timeout_express"), default_timeout)
         token = secrets.token_urlsafe(18)
         trade = SandboxTrade(
             out_trade_no=out_trade_no,
             trade_no=f"{now:%Y%m%d}22001{secrets.randbelow(10 ** 15):015d}",
             total_amount=amount, subject=subject, method=method, token=token, created=now,
-            expires=now + _parse_timeout(biz.get("timeout_express"), default_timeout),
+            expires=expires,
             notify_url=params.get("notify_url") or None, return_url=params.get("return_url") or None,
             buyer_id=f"2088{secrets.randbelow(10 ** 12):012d}", buyer_logon_id="buy***@sandbox.example",
             passback_params=str(biz["passback_params"]) if biz.get("passback_params") else None)
@@ -620,13 +708,7 @@ class AlipaySandbox:
             trade = self._trade_by_token(request.path_params["token"])
             if trade is None:
                 return self._no_such_trade_page()
-            self._scan(trade)
-            if trade.status == WAIT_BUYER_PAY:
-                trade.status = TRADE_SUCCESS
-                trade.gmt_payment = _now()
-                fields = self._notification(trade)
-                if trade.notify_url:
-                    self._send_later(trade, fields)
+            self._pay(trade)
         return RedirectResponse(str(request.url_for("alipay_wallet", token=trade.token)), status_code=303)
 
     def _view(self, trade: SandboxTrade) -> dict[str, Any]:
@@ -653,6 +735,23 @@ class AlipaySandbox:
         fields["sign_type"] = "RSA2"
         separator = "&" if urlsplit(trade.return_url or "").query else "?"
         return f"{trade.return_url}{separator}{urlencode(fields)}"
+
+    def _pay(self, trade: SandboxTrade) -> bool:
+        """Scan (if need be) and pay ``trade``, then notify; the caller holds the lock."""
+        self._scan(trade)
+        if trade.status != WAIT_BUYER_PAY:
+            return False
+        trade.status = TRADE_SUCCESS
+        trade.gmt_payment = _now()
+        if trade.notify_url:
+            fields = self._notification(trade)
+            if self._notify_mode == "hold":
+                self._held.append(HeldNotification(
+                    provider="alipay", reference=trade.out_trade_no, event="paid", url=trade.notify_url,
+                    body=urlencode(fields).encode("ascii"), headers=dict(NOTIFY_HEADERS), at=_now()))
+            else:
+                self._send_later(trade, fields)
+        return True
 
     # -- notifications ----------------------------------------------------------------------------------------------
     def _notification(self, trade: SandboxTrade) -> dict[str, str]:
@@ -686,7 +785,7 @@ class AlipaySandbox:
         """Post the notification until the answer is exactly ``success``, waiting ``notify_delays[i]`` before try
         ``i``; like Alipay, give up after the last one."""
         body = urlencode(fields).encode("ascii")
-        headers = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+        headers = dict(NOTIFY_HEADERS)
         with httpx.Client(timeout=self.notify_timeout, trust_env=False, follow_redirects=False) as client:
             for attempt, delay in enumerate(self.notify_delays, start=1):
                 if self._stopping.wait(delay):
@@ -714,10 +813,12 @@ class AlipaySandbox:
 def alipay_routes(app: Any) -> list[BaseRoute]:
     """The Alipay sandbox's routes for ``app``, configured by ``app.settings["sandbox"]["alipay"]``; no routes when
     the app's sandbox settings have no ``alipay`` block. The sandbox object is reachable as ``route.endpoint.__self__``
-    (tests use it to look at trades)."""
+    and as ``jitpay_sandbox.sandbox_of(app, "alipay")`` (tests use it to pay, look at trades and notifications)."""
     settings = ((getattr(app, "settings", None) or {}).get("sandbox") or {}).get("alipay")
     if not settings:
         return []
     if not isinstance(settings, Mapping):
         raise ConfigError("sandbox: settings.sandbox.alipay must be a mapping")
-    return AlipaySandbox.from_settings(settings).routes()
+    sandbox = AlipaySandbox.from_settings(settings)
+    register(app, "alipay", sandbox)
+    return sandbox.routes()

@@ -14,13 +14,24 @@ Differences from the real service, on purpose:
   in production), built from the base URL the request came in on.
 - ``closeorder`` is refused within ``closeMinAgeSeconds`` of ``unifiedorder`` (real WeChat: 5 minutes); the setting
   defaults to 0 so a demo can close at once. Set it to 300 to rehearse the real rule.
+- ``time_expire`` (``yyyyMMddHHmmss``, Beijing time) is enforced as WeChat does: an unpaid order past it is
+  ``CLOSED`` and can no longer be paid, and ``unifiedorder`` refuses a ``time_expire`` less than
+  ``timeExpireMinSeconds`` after the request (WeChat: 5 minutes; the setting defaults to 300 and tests lower it).
 - ``/secapi/pay/refund`` is plain HTTP, so the merchant client certificate cannot be checked; refunds complete at once.
 - Notifications are retried after ``notifyRetryDelays`` seconds (default 2, 5, 10, 30, 60), far shorter than
   WeChat's 15 s ... 60 min schedule.
 - Trades live in the memory of the serving process.
 
 Settings (``app.settings["sandbox"]["wechat"]``): ``appId``, ``mchId``, ``apiKey`` (required; the same values the
-app's ``pays.WechatPayType`` is configured with), ``closeMinAgeSeconds``, ``notifyRetryDelays``, ``notifyTimeout``.
+app's ``pays.WechatPayType`` is configured with), ``closeMinAgeSeconds``, ``timeExpireMinSeconds``,
+``notifyRetryDelays``, ``notifyTimeout`` and ``notifyMode`` (``send``, the default: post notifications; ``hold``: keep
+them for a test to deliver, see :meth:`WechatSandbox.take_notifications`).
+
+For tests, the sandbox object (``route.endpoint.__self__`` of its routes, or :func:`jitpay_sandbox.sandbox_of`) has a
+thread-safe Python API: :meth:`~WechatSandbox.pay`, :meth:`~WechatSandbox.fail`, :meth:`~WechatSandbox.trade`,
+:meth:`~WechatSandbox.captured`, :meth:`~WechatSandbox.refunded`, :meth:`~WechatSandbox.references`,
+:meth:`~WechatSandbox.held_notifications`, :meth:`~WechatSandbox.take_notifications` and
+:attr:`~WechatSandbox.notify_mode`.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -48,6 +60,9 @@ from starlette.routing import BaseRoute, Route
 
 from elements.pays.WechatPayType.wirexml import XmlRejected, build_cdata_xml, parse_xml
 from jitcore.errors import ConfigError
+
+from .held import NOTIFY_MODES, HeldNotification
+from .registry import register
 
 __all__ = ["wechat_routes", "generate_wechat_key", "WechatSandbox", "WechatSandboxSettings", "PREFIX"]
 
@@ -63,6 +78,9 @@ _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templa
                          autoescape=select_autoescape(["html"]))
 # A repeated unifiedorder must carry the same parameters except these (WeChat's "201 商户订单号重复" rule).
 _MAY_VARY = {"nonce_str", "sign", "sign_type", "spbill_create_ip"}
+NOTIFY_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
+_TIME_EXPIRE = re.compile(r"^\d{14}$")
+_PAYABLE = ("NOTPAY", "USERPAYING")
 _STATE_DESC = {"NOTPAY": "订单未支付", "USERPAYING": "用户支付中", "SUCCESS": "支付成功", "REFUND": "转入退款",
                "CLOSED": "已关闭", "PAYERROR": "支付失败"}
 
@@ -100,8 +118,10 @@ class WechatSandboxSettings:
     mchId: str
     apiKey: str
     closeMinAgeSeconds: float = 0.0
+    timeExpireMinSeconds: float = 300.0
     notifyRetryDelays: tuple[float, ...] = (2, 5, 10, 30, 60)
     notifyTimeout: float = 5.0
+    notifyMode: str = "send"
 
     def __repr__(self) -> str:
         return f"WechatSandboxSettings(appId={self.appId!r}, mchId={self.mchId!r})"
@@ -122,14 +142,21 @@ class WechatSandboxSettings:
         try:
             if "closeMinAgeSeconds" in raw:
                 values["closeMinAgeSeconds"] = float(raw["closeMinAgeSeconds"])
+            if "timeExpireMinSeconds" in raw:
+                values["timeExpireMinSeconds"] = float(raw["timeExpireMinSeconds"])
             if "notifyRetryDelays" in raw:
                 values["notifyRetryDelays"] = tuple(float(d) for d in raw["notifyRetryDelays"])
             if "notifyTimeout" in raw:
                 values["notifyTimeout"] = float(raw["notifyTimeout"])
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}: closeMinAgeSeconds and notifyTimeout must be numbers, notifyRetryDelays a "
-                              f"list of numbers (seconds)") from None
-        extra = set(raw) - {"appId", "mchId", "apiKey", "closeMinAgeSeconds", "notifyRetryDelays", "notifyTimeout"}
+            raise ConfigError(f"{where}: closeMinAgeSeconds, timeExpireMinSeconds and notifyTimeout must be numbers, "
+                              f"notifyRetryDelays a list of numbers (seconds)") from None
+        if "notifyMode" in raw:
+            if raw["notifyMode"] not in NOTIFY_MODES:
+                raise ConfigError(f"{where}.notifyMode must be one of {', '.join(NOTIFY_MODES)}")
+            values["notifyMode"] = raw["notifyMode"]
+        extra = set(raw) - {"appId", "mchId", "apiKey", "closeMinAgeSeconds", "timeExpireMinSeconds",
+                            "notifyRetryDelays", "notifyTimeout", "notifyMode"}
         if extra:
             raise ConfigError(f"{where}.{sorted(extra)[0]} is not a WeChat sandbox setting")
         return cls(**values)
@@ -151,6 +178,7 @@ class _Trade:
     sign_type: str                  # notifications are signed the way the order was created
     prepay_id: str
     created: float                  # time.monotonic()
+    expires: datetime | None = None  # time_expire, when the order was made with one
     state: str = "NOTPAY"
     transaction_id: str = ""
     openid: str = ""
@@ -195,6 +223,8 @@ class WechatSandbox:
         self._lock = threading.Lock()
         self._trades: dict[str, _Trade] = {}
         self._by_token: dict[str, str] = {}
+        self._held: list[HeldNotification] = []
+        self._notify_mode = settings.notifyMode
 
     # -- public -----------------------------------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -216,15 +246,80 @@ class WechatSandbox:
         return routes
 
     def trade_state(self, out_trade_no: str) -> dict[str, Any] | None:
-        """A snapshot of one trade (state, ids, notification attempts), for tests and the wallet page."""
+        """A snapshot of one trade (state, ids, amounts in fen, ``time_expire``, notification attempts), for tests
+        and the wallet page; ``None`` for an ``out_trade_no`` the sandbox never saw."""
         with self._lock:
             trade = self._trades.get(out_trade_no)
             if trade is None:
                 return None
+            self._expire(trade)
             return {"out_trade_no": trade.out_trade_no, "trade_type": trade.params["trade_type"],
                     "attach": trade.params.get("attach", ""), "state": trade.state, "total_fee": trade.total_fee,
                     "transaction_id": trade.transaction_id, "refunded_fee": trade.refunded_fee,
+                    "time_expire": trade.params.get("time_expire", ""),
+                    "refunds": {r.out_refund_no: r.refund_fee for r in trade.refunds.values()},
                     "notify_attempts": [dict(a) for a in trade.notify_attempts]}
+
+    # -- the Python API for tests ---------------------------------------------------------------------------------
+    def trade(self, reference: str) -> dict[str, Any] | None:
+        """The snapshot of the trade ``reference`` (its ``out_trade_no``): :meth:`trade_state`."""
+        return self.trade_state(reference)
+
+    @property
+    def notify_mode(self) -> str:
+        """``"send"`` (post notifications and retry them) or ``"hold"`` (keep them, see :meth:`take_notifications`).
+        Settable at any time; it applies to notifications made afterwards."""
+        return self._notify_mode
+
+    @notify_mode.setter
+    def notify_mode(self, mode: str) -> None:
+        if mode not in NOTIFY_MODES:
+            raise ValueError(f"notify_mode must be one of {', '.join(NOTIFY_MODES)}, not {mode!r}")
+        with self._lock:
+            self._notify_mode = mode
+
+    def references(self) -> list[str]:
+        """The ``out_trade_no`` of every WeChat order the sandbox holds, in creation order."""
+        with self._lock:
+            return list(self._trades)
+
+    def pay(self, reference: str) -> bool:
+        """Pay the WeChat order ``reference`` (its ``out_trade_no``) as the wallet's Pay button does, and notify (or
+        hold the notification). True when this call paid it; False when it cannot be paid (expired, closed, paid or
+        failed already). ``KeyError`` for an order the sandbox never saw."""
+        return self._complete_by_reference(reference, paid=True)
+
+    def fail(self, reference: str) -> bool:
+        """Make the payment of ``reference`` fail as the wallet's "Fail" button does: the order becomes ``PAYERROR``
+        and a ``result_code=FAIL`` notification goes out (or is held). True when this call failed it; False when it
+        was not payable; ``KeyError`` for an order the sandbox never saw."""
+        return self._complete_by_reference(reference, paid=False)
+
+    def captured(self, reference: str) -> Decimal:
+        """Yuan the buyer paid into the WeChat order ``reference`` (its ``total_fee`` once paid, also after refunds;
+        ``0.00`` when unpaid or unknown)."""
+        with self._lock:
+            trade = self._trades.get(reference)
+            fen = trade.total_fee if trade is not None and trade.transaction_id else 0
+        return _yuan(fen)
+
+    def refunded(self, reference: str) -> Decimal:
+        """Yuan refunded from the WeChat order ``reference`` so far (``0.00`` when none or unknown)."""
+        with self._lock:
+            trade = self._trades.get(reference)
+            fen = trade.refunded_fee if trade is not None else 0
+        return _yuan(fen)
+
+    def held_notifications(self) -> list[HeldNotification]:
+        """The notifications held so far (``notifyMode: hold``), oldest first; they stay held."""
+        with self._lock:
+            return list(self._held)
+
+    def take_notifications(self) -> list[HeldNotification]:
+        """The notifications held so far, oldest first, removing them from the sandbox."""
+        with self._lock:
+            held, self._held = self._held, []
+            return held
 
     # -- the API plumbing ---------------------------------------------------------------------------------------------
     def _endpoint(self, handler: Callable[[dict[str, str], Request], dict[str, str]]
@@ -283,7 +378,14 @@ class WechatSandbox:
             trade = self._trades.get(out_trade_no or "")
         if trade is None:
             raise _BizFail("ORDERNOTEXIST", "订单不存在")
+        self._expire(trade)
         return trade
+
+    @staticmethod
+    def _expire(trade: _Trade) -> None:
+        """An unpaid order past its ``time_expire`` is closed (caller holds the lock)."""
+        if trade.state in _PAYABLE and trade.expires is not None and datetime.now(BEIJING) >= trade.expires:
+            trade.state = "CLOSED"
 
     # -- API handlers ---------------------------------------------------------------------------------------------
     def _unifiedorder(self, fields: dict[str, str], request: Request) -> dict[str, str]:
@@ -309,11 +411,22 @@ class WechatSandbox:
             raise _Fail("out_trade_no参数格式错误")
         if not fields["notify_url"].startswith(("http://", "https://")):
             raise _Fail("notify_url参数格式错误")
+        expires = None
+        if fields.get("time_expire"):
+            if not _TIME_EXPIRE.match(fields["time_expire"]):
+                raise _Fail("time_expire参数格式错误 (yyyyMMddHHmmss)")
+            try:
+                expires = datetime.strptime(fields["time_expire"], "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
+            except ValueError:
+                raise _Fail("time_expire参数格式错误 (yyyyMMddHHmmss)") from None
+            if expires - datetime.now(BEIJING) < timedelta(seconds=self.settings.timeExpireMinSeconds):
+                raise _Fail("time_expire时间过短，刷卡至少1分钟，其他5分钟")
         params = {k: v for k, v in fields.items() if k not in _MAY_VARY}
         sign_type = fields.get("sign_type") or "MD5"
         with self._lock:
             trade = self._trades.get(fields["out_trade_no"])
             if trade is not None:
+                self._expire(trade)
                 if trade.state in ("SUCCESS", "REFUND"):
                     raise _BizFail("ORDERPAID", "该订单已支付")
                 if trade.state == "CLOSED":
@@ -324,7 +437,7 @@ class WechatSandbox:
                 token = secrets.token_urlsafe(18)
                 prepay_id = "wx" + datetime.now(BEIJING).strftime("%d%H%M%S") + secrets.token_hex(12)
                 trade = _Trade(out_trade_no=fields["out_trade_no"], token=token, params=params,
-                               sign_type=sign_type, prepay_id=prepay_id, created=time.monotonic())
+                               sign_type=sign_type, prepay_id=prepay_id, created=time.monotonic(), expires=expires)
                 self._trades[trade.out_trade_no] = trade
                 self._by_token[token] = trade.out_trade_no
         wallet = f"{str(request.base_url).rstrip('/')}{PREFIX}/wallet/{trade.token}"
@@ -430,13 +543,15 @@ class WechatSandbox:
             trade = self._trade_for_token(request.path_params["token"])
             if trade is None:
                 return HTMLResponse(_TEMPLATES.get_template("wechat_wallet.html").render(trade=None), status_code=404)
+            self._expire(trade)
             view = {"out_trade_no": trade.out_trade_no, "body": trade.params["body"],
                     "amount": f"{trade.total_fee // 100}.{trade.total_fee % 100:02d}",
                     "trade_type": trade.params["trade_type"], "attach": trade.params.get("attach", ""),
                     "state": trade.state,
                     "state_desc": _STATE_DESC[trade.state], "mch_id": self.settings.mchId,
                     "transaction_id": trade.transaction_id, "attempts": [dict(a) for a in trade.notify_attempts],
-                    "payable": trade.state in ("NOTPAY", "USERPAYING")}
+                    "payable": trade.state in _PAYABLE,
+                    "expires": trade.expires.strftime("%Y-%m-%d %H:%M:%S") if trade.expires else ""}
         html = _TEMPLATES.get_template("wechat_wallet.html").render(
             trade=view, pay_action=f"{PREFIX}/wallet/{trade.token}/pay",
             fail_action=f"{PREFIX}/wallet/{trade.token}/fail")
@@ -454,22 +569,42 @@ class WechatSandbox:
             trade = self._trade_for_token(token)
             if trade is None:
                 return HTMLResponse("unknown trade / 订单不存在", status_code=404)
-            if trade.state not in ("NOTPAY", "USERPAYING"):
-                # Paying twice or paying a closed trade changes nothing; the page shows the state.
-                return RedirectResponse(f"{request.base_url}{PREFIX.lstrip('/')}/wallet/{token}", status_code=303)
-            trade.openid = "o" + secrets.token_urlsafe(20)[:27]
-            trade.time_end = _beijing_now()
-            if paid:
-                trade.state = "SUCCESS"
-                trade.transaction_id = "42000" + _digits(23)
-            else:
-                trade.state = "PAYERROR"
-            notification = self._notification(trade, paid)
-            target, sign_type = trade.params["notify_url"], trade.sign_type
-        notification["sign"] = _sign(notification, self.settings.apiKey, sign_type)
-        threading.Thread(target=self._deliver, args=(trade, target, build_cdata_xml(notification)),
-                         name=f"wechat-sandbox-notify-{trade.out_trade_no}", daemon=True).start()
+            # Paying twice or paying a closed trade changes nothing; the page shows the state.
+            self._complete(trade, paid)
         return RedirectResponse(f"{request.base_url}{PREFIX.lstrip('/')}/wallet/{token}", status_code=303)
+
+    def _complete_by_reference(self, reference: str, *, paid: bool) -> bool:
+        with self._lock:
+            trade = self._trades.get(reference)
+            if trade is None:
+                raise KeyError(reference)
+            return self._complete(trade, paid)
+
+    def _complete(self, trade: _Trade, paid: bool) -> bool:
+        """The buyer pays (``paid``) or the payment fails: the state changes and the signed notification is sent in
+        the background, or held. False when the order is not payable (caller holds the lock)."""
+        self._expire(trade)
+        if trade.state not in _PAYABLE:
+            return False
+        trade.openid = "o" + secrets.token_urlsafe(20)[:27]
+        trade.time_end = _beijing_now()
+        if paid:
+            trade.state = "SUCCESS"
+            trade.transaction_id = "42000" + _digits(23)
+        else:
+            trade.state = "PAYERROR"
+        notification = self._notification(trade, paid)
+        notification["sign"] = _sign(notification, self.settings.apiKey, trade.sign_type)
+        body = build_cdata_xml(notification)
+        url = trade.params["notify_url"]
+        if self._notify_mode == "hold":
+            self._held.append(HeldNotification(provider="wechat", reference=trade.out_trade_no,
+                                               event="paid" if paid else "failed", url=url, body=body,
+                                               headers=dict(NOTIFY_HEADERS), at=datetime.now(BEIJING)))
+        else:
+            threading.Thread(target=self._deliver, args=(trade, url, body),
+                             name=f"wechat-sandbox-notify-{trade.out_trade_no}", daemon=True).start()
+        return True
 
     def _notification(self, trade: _Trade, paid: bool) -> dict[str, str]:
         fields = {"appid": self.settings.appId, "mch_id": self.settings.mchId,
@@ -496,7 +631,7 @@ class WechatSandbox:
             outcome: dict[str, Any] = {"attempt": attempt, "at": datetime.now(BEIJING).isoformat(timespec="seconds")}
             try:
                 response = httpx.post(url, content=body, timeout=self.settings.notifyTimeout,
-                                      headers={"Content-Type": "text/xml; charset=utf-8"})
+                                      headers=dict(NOTIFY_HEADERS))
                 outcome["status"] = response.status_code
                 try:
                     reply = parse_xml(response.content, max_bytes=MAX_BODY_BYTES)
@@ -527,6 +662,10 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _yuan(fen: int) -> Decimal:
+    return (Decimal(fen) / 100).quantize(Decimal("0.01"))
+
+
 def _xml(fields: Mapping[str, str]) -> Response:
     return Response(build_cdata_xml(fields), media_type="text/xml; charset=utf-8")
 
@@ -535,7 +674,10 @@ def wechat_routes(app: Any) -> list[BaseRoute]:
     """The WeChat Pay sandbox's Starlette routes for ``app``, configured from ``app.settings["sandbox"]["wechat"]``;
     no routes when the app's sandbox settings have no ``wechat`` block, ``ConfigError`` when it is incomplete or
     wrong. Each call makes a fresh sandbox with no trades; the :class:`WechatSandbox` is reachable as
-    ``route.endpoint.__self__`` of the wallet routes (tests use it to look at trades)."""
+    ``route.endpoint.__self__`` of the wallet routes and as ``jitpay_sandbox.sandbox_of(app, "wechat")`` (tests use it
+    to pay, look at trades and notifications)."""
     if not ((getattr(app, "settings", None) or {}).get("sandbox") or {}).get("wechat"):
         return []
-    return WechatSandbox(WechatSandboxSettings.from_app(app)).routes()
+    sandbox = WechatSandbox(WechatSandboxSettings.from_app(app))
+    register(app, "wechat", sandbox)
+    return sandbox.routes()
