@@ -77,6 +77,14 @@ class OrderClosed(PayError):
     http_status = 409
 
 
+class OrderExpired(PayError):
+    """The order's payment window (``settings.pays.payTimeoutMinutes`` after its creation) is over, or too little of
+    it is left to offer a new trade."""
+
+    code = "ORDER_EXPIRED"
+    http_status = 409
+
+
 class OrderStateConflict(PayError):
     """The order is not in a state that allows the operation (e.g. refunding an unpaid order)."""
 

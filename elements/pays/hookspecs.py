@@ -1,8 +1,18 @@
 """Payment events, added to every app's plugin manager by the official library.
 
-Each is called after the change is committed, at most once per change (the order life cycle guarantees that
-``jit_order_paid`` fires exactly once per order). An exception raised by an implementation is logged and recorded in
-the audit log; it never undoes the change.
+Events are a transactional outbox (:meth:`jitcore.jobs.JobQueue.publish`): each is written in the same transaction as
+the change it announces, then delivered to every implementation after the commit (a first attempt right away, in the
+thread that made the change) and redelivered by the job runner until that implementation succeeds. The guarantee:
+
+- **at least once per implementation**: a process that dies after the commit, or an implementation that raises,
+  gets the same event again later (``jit serve`` and ``jit worker`` run the runner);
+- **in commit order per order**: an implementation sees one order's events in the order they were committed;
+- a failing implementation is retried with backoff and ends ``dead`` (``jit jobs APP`` shows it with its error),
+  never blocking other orders' events nor other implementations.
+
+So make an implementation idempotent: every event carries ``event`` (``{"id", "name", "attempt", "createdAt"}``);
+``event["id"]`` is the same on every delivery of one event. Declare ``event`` among your arguments to receive it;
+implementations without it keep working. Arguments are snapshots taken when the change committed.
 """
 
 from __future__ import annotations
@@ -16,22 +26,38 @@ if TYPE_CHECKING:
 
 
 @hookspec
-def jit_order_created(app: "App", order: dict[str, Any]) -> None:
-    """An order was created. ``order`` is the same dict ``PaySvc.query`` returns."""
+def jit_order_created(app: "App", order: dict[str, Any], event: dict[str, Any]) -> None:
+    """An order was created. ``order`` is the order as ``PaySvc.query`` shows it (without payments and refunds)."""
 
 
 @hookspec
-def jit_order_paid(app: "App", order: dict[str, Any]) -> None:
-    """An order was paid (``order["status"] == "success"``, ``order["provider"]`` and ``order["tradeNo"]`` say who
-    confirmed it). Fires exactly once per order, after the change is committed: grant what was bought here."""
+def jit_order_paid(app: "App", order: dict[str, Any], event: dict[str, Any]) -> None:
+    """An order was paid: a payment was accepted (``order["status"] == "success"``; ``order["provider"]`` and
+    ``order["tradeNo"]`` say which). Happens once per order; delivered at least once: grant what was bought here,
+    idempotently (``event["id"]``, or the order id)."""
 
 
 @hookspec
-def jit_order_closed(app: "App", order: dict[str, Any]) -> None:
-    """An unpaid order was closed (by the merchant, or because the provider reports the trade closed)."""
+def jit_order_closed(app: "App", order: dict[str, Any], event: dict[str, Any]) -> None:
+    """An unpaid order was closed (by the merchant, or by the sweep once its payment window ended unpaid)."""
 
 
 @hookspec
-def jit_order_refunded(app: "App", order: dict[str, Any], refund: dict[str, Any]) -> None:
-    """A refund succeeded. ``refund`` has ``refundId`` and ``amount``; ``order["status"]`` is ``refunded`` once the
-    whole amount is refunded."""
+def jit_order_refunded(app: "App", order: dict[str, Any], refund: dict[str, Any], event: dict[str, Any]) -> None:
+    """A refund of the order's accepted payment was confirmed by the provider. ``refund`` has ``refundId``,
+    ``amount`` and ``status`` (``confirmed``); ``order["status"]`` is ``refunded`` once the whole amount is
+    refunded."""
+
+
+@hookspec
+def jit_payment_surplus(app: "App", order: dict[str, Any], payment: dict[str, Any], event: dict[str, Any]) -> None:
+    """A provider captured money the order did not need: a second payment (another provider, WeChat Pay's other
+    trade type), or one after the order was closed or refunded. ``payment`` is that payment (``role`` ``surplus``).
+    With ``settings.pays.surplus: refund`` (the default) a job refunds it in full; with ``keep`` nothing else
+    happens (refund it with ``PaySvc.refund(orderId, paymentId=...)``)."""
+
+
+@hookspec
+def jit_surplus_refunded(app: "App", order: dict[str, Any], payment: dict[str, Any], refund: dict[str, Any],
+                         event: dict[str, Any]) -> None:
+    """A refund of a surplus payment was confirmed: that money is back with the buyer. The order is unchanged."""

@@ -133,9 +133,9 @@ class Snapshot:
 
     def __init__(self, live: LiveApp, api: httpx.Client, order_id: str) -> None:
         self.live, self.api, self.order_id = live, api, order_id
-        self.store = live.app.loadElement("pays.services.PaySvc").store
+        self.store = live.app.loadElement("pays.services.PaySvc").ledger
         self.order = self.query()
-        rows = self.store.audit_log()
+        rows = self.ledger.audit_log()
         self.last_id = rows[-1].id if rows else 0
 
     def query(self) -> dict:
@@ -144,7 +144,7 @@ class Snapshot:
         return response.json()
 
     def new_rows(self) -> list[Any]:
-        return [row for row in self.store.audit_log() if row.id > self.last_id]
+        return [row for row in self.ledger.audit_log() if row.id > self.last_id]
 
     def assert_unchanged_and_recorded(self, *, error_code: str | None = None, verified: bool | None = None,
                                       order_id: str | None = None) -> Any:
@@ -410,7 +410,7 @@ def test_wechat_signed_with_another_amount(live: LiveApp, api: httpx.Client, pro
 
 def test_signed_for_an_unknown_order(live: LiveApp, api: httpx.Client, provider_client: httpx.Client,
                                      order: dict) -> None:
-    store = live.app.loadElement("pays.services.PaySvc").store
+    store = live.app.loadElement("pays.services.PaySvc").ledger
     for provider, unknown in (("alipay", "NO_SUCH_ORDER_ALI"), ("wechat", "NO_SUCH_ORDER_WX")):
         before = Snapshot(live, api, order["orderId"])
         if provider == "alipay":
@@ -472,7 +472,7 @@ def test_correct_notification_accepted_once_and_replay_changes_nothing(
         live: LiveApp, api: httpx.Client, provider_client: httpx.Client, order: dict, provider: str,
         sign_type: str | None) -> None:
     order_id = order["orderId"]
-    store = live.app.loadElement("pays.services.PaySvc").store
+    store = live.app.loadElement("pays.services.PaySvc").ledger
     if provider == "alipay":
         fields = alipay_signed(live, order_id)
         send = lambda f: post_alipay(provider_client, f)  # noqa: E731
@@ -512,7 +512,7 @@ def test_correct_notification_accepted_once_and_replay_changes_nothing(
 def test_concurrent_duplicate_notifications_move_the_order_once(live: LiveApp, api: httpx.Client, order: dict,
                                                                  provider: str) -> None:
     order_id = order["orderId"]
-    store = live.app.loadElement("pays.services.PaySvc").store
+    store = live.app.loadElement("pays.services.PaySvc").ledger
     if provider == "alipay":
         body, path, content_type = urlencode(alipay_signed(live, order_id)).encode(), ALIPAY, FORM
     else:

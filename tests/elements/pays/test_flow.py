@@ -39,7 +39,7 @@ def test_documented_flow_with_notification(live: LiveApp, full_name: str, pay_ty
     assert paid["provider"] == full_name and paid["tradeNo"]
     checked = pay_service.check(orderId=order["orderId"], fullName=full_name)
     assert checked["status"] == "success" and checked["providerStatus"] == "success"
-    notes = live.app.loadElement("pays.services.PaySvc").store.audit_log(order["orderId"], kinds=["notify"])
+    notes = live.app.loadElement("pays.services.PaySvc").ledger.audit_log(order["orderId"], kinds=["notify"])
     assert [n.outcome for n in notes][:1] == ["pending->success"] and notes[0].verified
 
 

@@ -1,4 +1,4 @@
-"""``pays.services.PaySvc``: orders, their life cycle, payments through providers, notifications and refunds.
+"""``pays.services.PaySvc``: the payment service, a thin face over the ledger, the jobs and the providers.
 
 Usage (as the JitAi documentation gives it)::
 
@@ -8,8 +8,9 @@ Usage (as the JitAi documentation gives it)::
     status = pay_service.query(orderId=order["orderId"])
     pay_service.check(orderId=order["orderId"], fullName="pays.AliPayType")
 
-The service knows providers only through the ``pays.Meta`` contract (:class:`PayProvider`); every change of an order
-goes through :mod:`.lifecycle`.
+The service knows providers only through the ``pays.Meta`` contract (:class:`PayProvider`); every change of an
+order, a payment or a refund goes through :mod:`.ledger`; whatever must happen after a commit is a job
+(:mod:`.background`).
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Mapping
 
+from sqlalchemy.engine import Row
 from starlette.responses import Response
 
-from elements.pays.errors import (AmountMismatch, DuplicateOrder, NotifyInvalid, OrderClosed, OrderNotExist,
-                                  OrderPaid, OrderStateConflict, PayError, ProviderError, RefundInvalid,
-                                  SignatureInvalid, SubjectInvalid, UnknownPayType, UnsupportedPayType)
+from elements.pays.errors import (AmountMismatch, DuplicateOrder, NotifyInvalid, OrderClosed, OrderExpired,
+                                  OrderNotExist, OrderPaid, OrderStateConflict, PayError, ProviderError,
+                                  RefundInvalid, SignatureInvalid, SubjectInvalid, UnknownPayType,
+                                  UnsupportedPayType)
 from elements.pays.Meta import OrderView, PayProvider, TradeState
 from elements.pays.money import from_fen, parse_amount, to_fen
 from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_order_id
-from elements.pays.services.PaySvc.lifecycle import OrderStore, as_utc, utcnow
-from elements.pays.services.PaySvc.models import PayAttempt, PayOrder, PayRefund
+from elements.pays.services.PaySvc.ledger import (CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit, Ledger,
+                                                  as_utc, payment_dict, refund_dict, utcnow)
 from elements.services.NormalType import NormalService
 from jitcore.errors import ConfigError, ElementNotFound
 
@@ -42,27 +45,37 @@ log = logging.getLogger("jitpay")
 PAY_META = "pays.Meta"
 #: a prepared payment is reused only if it stays valid at least this long
 REUSE_MARGIN = timedelta(seconds=60)
+#: a new trade is offered only while at least this much of the order's payment window is left (WeChat Pay refuses
+#: an expiry less than 5 minutes away)
+MIN_PAY_WINDOW = timedelta(minutes=6)
 #: how often a polling page may make PaySvc ask the providers about one pending order
 REFRESH_INTERVAL = timedelta(seconds=15)
 REFUND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CASHIER_PATH = "/pays/cashier/{orderId}"
+#: ``settings.pays`` keys and their defaults
+PAY_SETTINGS = {"surplus": "refund", "payTimeoutMinutes": 120}
 
 
 class PaySvc(NormalService):
     """The payment service. Declared functions are listed in its ``e.yaml``."""
 
     def jit_setup(self) -> None:
-        """Bind the order store to the app's database (tables are created on first use)."""
-        self.store = OrderStore(self.app.engine)
+        """Read ``settings.pays`` and bind the ledger to the app's database (tables are created on first use)."""
+        settings = dict(PAY_SETTINGS, **((getattr(self.app, "settings", None) or {}).get("pays") or {}))
+        unknown = sorted(set(settings) - set(PAY_SETTINGS))
+        if unknown:
+            raise ConfigError(f"settings.pays.{unknown[0]} is not a setting (known: {', '.join(PAY_SETTINGS)})")
+        if settings["surplus"] not in ("refund", "keep"):
+            raise ConfigError("settings.pays.surplus must be refund (the default: money an order did not need goes "
+                              "back to the buyer) or keep (recorded and announced only)")
+        minutes = settings["payTimeoutMinutes"]
+        if isinstance(minutes, bool) or not isinstance(minutes, int) or not 10 <= minutes <= 15 * 24 * 60:
+            raise ConfigError("settings.pays.payTimeoutMinutes must be a whole number of minutes from 10 to 21600")
+        self.payWindow = timedelta(minutes=minutes)
+        self.ledger = Ledger(self.app.engine, self.app.jobs, self.order_dict, surplus=settings["surplus"])
         self._notify_providers: dict[str, list[PayProvider]] | None = None
         self._refreshed: dict[str, float] = {}
         self._refresh_lock = threading.Lock()
-        self._settling: list[threading.Thread] = []
-        self._settle_lock = threading.Lock()
-
-    def jit_close(self) -> None:
-        """Let background settling finish."""
-        self.wait_settled()
 
     # -- declared functions -------------------------------------------------------------------------------------------
     def create(self, subject: str, amount: Decimal, orderId: str | None = None) -> dict[str, Any]:
@@ -73,134 +86,112 @@ class PaySvc(NormalService):
         value = parse_amount(amount)
         order_id = check_order_id(orderId) if orderId is not None else new_order_id()
         now = utcnow()
-        order = PayOrder(orderId=order_id, subject=subject, amountFen=to_fen(value), status="pending",
-                         cashierToken=secrets.token_urlsafe(24), createdAt=now, updatedAt=now)
-        if not self.store.insert_order(order):
-            existing = self.store.get(order_id)
-            if existing is None:  # pragma: no cover - the insert failed for another reason
-                raise PayError(f"order {order_id} could not be created")
-            if existing.subject == subject and existing.amountFen == order.amountFen:
-                return self.order_dict(existing)
+        row, created = self.ledger.create_order({
+            "orderId": order_id, "subject": subject, "amountFen": to_fen(value), "status": "pending",
+            "refundedFen": 0, "cashierToken": secrets.token_urlsafe(24), "expiresAt": now + self.payWindow,
+            "createdAt": now, "updatedAt": now})
+        if not created and (row.subject != subject or row.amountFen != to_fen(value)):
             raise DuplicateOrder(f"order {order_id} exists with another subject or amount")
-        result = self.order_dict(order)
-        self._fire("jit_order_created", order_id, order=result)
-        return result
+        return self.order_dict(row)
 
     def getPayUrl(self, orderId: str, fullName: str, payType: str, clientIp: str | None = None) -> dict[str, Any]:
         """Prepare a payment of the order with payment element ``fullName``: ``pc`` gives QR content in ``payUrl``
         and a PNG QR image in ``qrCode``; ``mobile`` (and Alipay's ``page``) gives a link. A still-valid earlier
-        preparation of the same kind is reused."""
+        preparation of the same kind is reused. Every trade expires at the provider when the order's payment window
+        ends (``expiresAt``)."""
         order = self._pending_order(orderId)
         provider = self.provider(fullName)
         if payType not in provider.payTypes:
             raise UnsupportedPayType(f"{fullName} does not support payType {payType!r}; supported: "
                                      f"{', '.join(provider.payTypes)}")
         now = utcnow()
-        reusable = self.store.reusable_attempt(orderId, fullName, payType, now + REUSE_MARGIN)
+        window_end = as_utc(order.expiresAt)
+        if window_end is not None and window_end - now < MIN_PAY_WINDOW:
+            raise OrderExpired(f"order {orderId} can no longer be paid: its payment window ends at "
+                               f"{window_end.isoformat()}", details={"expiresAt": window_end.isoformat()})
+        reusable = self.ledger.reusable_payment(orderId, fullName, payType, now + REUSE_MARGIN)
         if reusable is not None:
             return {"orderId": orderId, "payUrl": reusable.payUrl, "qrCode": reusable.qrCode,
                     "expiresAt": as_utc(reusable.expiresAt)}
         prep = provider.prepare(self.order_view(order), payType, clientIp=clientIp)
-        self.store.add_attempt(PayAttempt(orderId=orderId, provider=fullName, providerName=provider.providerName,
-                                          payType=payType, payUrl=prep.payUrl, qrCode=prep.qrCode,
-                                          expiresAt=as_utc(prep.expiresAt), createdAt=now))
-        return {"orderId": orderId, "payUrl": prep.payUrl, "qrCode": prep.qrCode, "expiresAt": prep.expiresAt}
+        expires = as_utc(prep.expiresAt)
+        if window_end is not None and (expires is None or expires > window_end):
+            expires = window_end if prep.expiresAt is not None else None
+        payment, pending = self.ledger.record_prepared(
+            orderId, provider=fullName, providerName=provider.providerName, payType=payType,
+            reference=prep.reference or orderId, amountFen=order.amountFen, payUrl=prep.payUrl, qrCode=prep.qrCode,
+            expiresAt=expires)
+        if not pending:  # the order moved while the trade was made; a job closes the trade
+            self._require_pending(self._order(orderId))
+        return {"orderId": orderId, "payUrl": prep.payUrl, "qrCode": prep.qrCode, "expiresAt": expires}
 
     def query(self, orderId: str) -> dict[str, Any]:
-        """The order as stored: ``status`` is pending | success | failed | closed | refunded."""
-        return self.order_dict(self._order(orderId))
+        """The order as stored (``status`` is pending | success | failed | closed | refunded), with its ``payments``
+        (one per provider trade; ``accepted`` marks the one that paid the order, a captured one that is not is a
+        surplus) and its ``refunds``."""
+        order = self._order(orderId)
+        result = self.order_dict(order)
+        result["payments"] = [payment_dict(p) for p in self.ledger.payments(orderId)]
+        result["refunds"] = [refund_dict(r) for r in self.ledger.refunds(orderId)]
+        return result
 
     def check(self, orderId: str, fullName: str) -> dict[str, Any]:
-        """Ask provider ``fullName`` about the order and apply its answer through the life cycle (as a notification
-        would). Returns the order, with ``providerStatus`` (what the provider said)."""
+        """Ask provider ``fullName`` about every trade of the order it holds and apply the answers (as
+        notifications would). Returns the order, with ``providerStatus`` (what the provider said)."""
         order = self._order(orderId)
         provider = self.provider(fullName)
-        try:
-            state = provider.query(self.order_view(order))
-        except ProviderError as exc:
-            self.store.audit("check", "provider-error", provider=fullName, order_id=orderId, error_code=exc.code,
-                             message=exc.message, payload=exc.details)
-            raise
-        if state.orderId != orderId:  # never apply one trade's answer to another order
-            self.store.audit("check", "rejected", provider=fullName, order_id=orderId, error_code="PROVIDER_ERROR",
-                             message=f"the answer is about order {state.orderId}", payload=dict(state.raw))
-            raise ProviderError(f"{fullName} answered about order {state.orderId!r} when asked about {orderId}")
-        ok, _ = self.apply_state(provider, state, kind="check")
+        states = self.apply_trades(provider, order, kind="check")
         result = self.query(orderId)
-        result["providerStatus"] = state.status
-        if not ok:
-            raise AmountMismatch(f"{fullName} reports {state.paidAmount} paid for order {orderId} of "
+        result["providerStatus"] = _summary_status(states, order.tradeNo)
+        mismatched = [s for s in states if s.status in CAPTURED_PAYMENT_STATES and s.paidAmount != result["amount"]]
+        if mismatched:
+            raise AmountMismatch(f"{fullName} reports {mismatched[0].paidAmount} paid for order {orderId} of "
                                  f"{result['amount']}; nothing changed, the report is recorded")
         return result
 
     def close(self, orderId: str) -> dict[str, Any]:
-        """Close an unpaid order, first at every provider it was offered with (so it can no longer be paid)."""
+        """Close an unpaid order: it moves to ``closed`` first (so ``getPayUrl`` refuses it and any payment that
+        still arrives is a surplus, refunded), then its trades are closed at every provider (retried by a job until
+        each provider agrees)."""
         order = self._order(orderId)
         if order.status == "closed":
-            return self.order_dict(order)
+            return self.query(orderId)
         self._require_pending(order)
-        view = self.order_view(order)
-        for fullName in self.store.attempted_providers(orderId):
-            try:
-                self.provider(fullName).close(view)
-            except ProviderError as exc:
-                self.store.audit("close", "provider-error", provider=fullName, order_id=orderId,
-                                 error_code=exc.code, message=exc.message, payload=exc.details)
-                raise
-        if self.store.transition(orderId, "closed", record=self.store.audit_row("close", "pending->closed",
-                                                                               order_id=orderId)):
-            result = self.query(orderId)
-            self._fire("jit_order_closed", orderId, order=result)
-            return result
-        self._require_pending(self._order(orderId))  # a payment raced the close: say so
+        if not self.ledger.close_order(orderId, Audit("close")):
+            self._require_pending(self._order(orderId))  # a payment raced the close: say so
         return self.query(orderId)
 
     def refund(self, orderId: str, amount: Decimal | None = None, refundId: str | None = None,
-               reason: str | None = None) -> dict[str, Any]:
-        """Refund ``amount`` (default: all that is left) of a paid order through the provider that was paid.
-        Idempotent per ``refundId``; never more than was paid in all."""
+               reason: str | None = None, paymentId: int | None = None) -> dict[str, Any]:
+        """Refund ``amount`` (default: all that is left) of the order's accepted payment, or of payment
+        ``paymentId`` (a surplus the app keeps). Idempotent per ``refundId``: the same id always returns the same
+        refund. Never more than a payment captured, whatever runs concurrently."""
         order = self._order(orderId)
-        if order.status == "refunded":
-            raise RefundInvalid(f"order {orderId} is already fully refunded")
-        if order.status != "success":
-            raise OrderStateConflict(f"order {orderId} is {order.status}; only a paid order can be refunded")
         if refundId is not None and not REFUND_ID_RE.match(refundId):
             raise RefundInvalid("refundId must be 1 to 64 letters, digits, '_' or '-'")
-        refund_id = refundId or "R" + new_order_id()
-        if amount is None:
-            fen = order.amountFen - order.refundedFen
+        fen = to_fen(parse_amount(amount, "refund amount")) if amount is not None else None
+        if refundId is not None:
+            existing = self.ledger.refund_by_id(orderId, refundId)
+            if existing is not None:
+                return self._repeat_refund(existing, fen, paymentId)
+        payment = self._refundable_payment(order, paymentId)
+        if fen is None:
+            fen = payment.amountFen - payment.reservedFen
             if fen <= 0:
-                raise RefundInvalid(f"nothing is left to refund on order {orderId}")
-        else:
-            fen = to_fen(parse_amount(amount, "refund amount"))
-        refund = self._reserve_refund(order, refund_id, fen, reason)
-        if refund.status == "success":
-            return self.refund_dict(refund)
-        provider = self.provider(order.provider or "")
-        current = self._order(orderId)
-        try:
-            result = provider.refund(self.order_view(current), refund_id, from_fen(fen),
-                                     from_fen(current.refundedFen), reason)
-        except ProviderError as exc:
-            if outcome_unknown(exc):
-                outcome = "outcome-unknown"  # the refund may have happened: keep it counted, retry the same id
-            else:
-                outcome = "refused"
-                self.store.fail_refund(refund)
-            self.store.audit("refund", outcome, provider=provider.fullName, order_id=orderId, error_code=exc.code,
-                             message=exc.message, payload={"refundId": refund_id, **exc.details})
-            raise
-        self.store.finish_refund(refund, result.refundNo)
-        refund.status, refund.refundNo = "success", result.refundNo
-        self.store.audit("refund", "refunded", provider=provider.fullName, order_id=orderId, verified=True,
-                         payload={"refundId": refund_id, "amount": str(from_fen(fen)), **dict(result.raw)})
-        after = self._order(orderId)
-        if after.refundedFen >= after.amountFen:
-            self.store.transition(orderId, "refunded", record=self.store.audit_row(
-                "refund", "success->refunded", provider=provider.fullName, order_id=orderId))
-        refund_result = self.refund_dict(refund)
-        self._fire("jit_order_refunded", orderId, order=self.query(orderId), refund=refund_result)
-        return refund_result
+                raise RefundInvalid(f"nothing is left to refund on order {orderId}",
+                                    details={"refundId": refundId} if refundId else None)
+        refund_id = refundId or "R" + new_order_id()
+        kind = "merchant" if payment.role == "accepted" else "surplus"
+        row = self.ledger.reserve_refund(orderId, payment.id, refund_id=refund_id, fen=fen, reason=reason, kind=kind)
+        if row is None:
+            raced = self.ledger.refund_by_id(orderId, refund_id)
+            if raced is not None:
+                return self._repeat_refund(raced, fen, paymentId)
+            left = self.ledger.payment(payment.id)
+            left_fen = left.amountFen - left.reservedFen if left is not None else 0
+            raise RefundInvalid(f"refund of {from_fen(fen)} exceeds what is left to refund on order {orderId} "
+                                f"({from_fen(max(left_fen, 0))})", details={"refundId": refund_id})
+        return self._finish_refund(row)
 
     def alipayNotify(self, form: dict[str, Any]) -> Response:
         """Alipay's asynchronous notification (its form fields, as received). Replies ``success`` when processed or
@@ -212,7 +203,143 @@ class PaySvc(NormalService):
         when processed or already processed, ``FAIL`` with a reason otherwise."""
         return self._reply(self.handle_notify("wechat", xml))
 
-    def refresh_pending(self, orderId: str) -> PayOrder | None:
+    # -- refunds ------------------------------------------------------------------------------------------------------
+    def _refundable_payment(self, order: Row, paymentId: int | None) -> Row:
+        if paymentId is None:
+            if order.status == "refunded":
+                raise RefundInvalid(f"order {order.orderId} is already fully refunded")
+            if order.status != "success" or order.paymentId is None:
+                raise OrderStateConflict(f"order {order.orderId} is {order.status}; only a paid order can be "
+                                         f"refunded")
+            paymentId = order.paymentId
+        payment = self.ledger.payment(paymentId)
+        if payment is None or payment.orderId != order.orderId:
+            raise RefundInvalid(f"order {order.orderId} has no payment {paymentId}")
+        if payment.status not in CAPTURED_PAYMENT:
+            raise RefundInvalid(f"payment {paymentId} of order {order.orderId} captured nothing ({payment.status})")
+        if payment.role == "accepted" and order.status == "refunded":
+            raise RefundInvalid(f"order {order.orderId} is already fully refunded")
+        return payment
+
+    def _repeat_refund(self, refund: Row, fen: int | None, paymentId: int | None) -> dict[str, Any]:
+        """The refund ``refundId`` names already: returned as it is when final, finished when still open, tried
+        again when it was refused."""
+        if fen is not None and fen != refund.amountFen:
+            raise RefundInvalid(f"refundId {refund.refundId} was used for {from_fen(refund.amountFen)}",
+                                details={"refundId": refund.refundId})
+        if paymentId is not None and paymentId != refund.paymentId:
+            raise RefundInvalid(f"refundId {refund.refundId} belongs to payment {refund.paymentId}",
+                                details={"refundId": refund.refundId})
+        if refund.status == "confirmed":
+            return refund_dict(refund)
+        if refund.status == "refused":
+            reopened = self.ledger.reopen_refund(refund.id)
+            if reopened is None:
+                raise RefundInvalid(f"refund of {from_fen(refund.amountFen)} exceeds what is left to refund on "
+                                    f"order {refund.orderId}", details={"refundId": refund.refundId})
+            refund = reopened
+        return self._finish_refund(refund)
+
+    def _finish_refund(self, refund: Row) -> dict[str, Any]:
+        try:
+            return refund_dict(self.send_refund(refund))
+        except PayError as exc:
+            exc.details = {**(exc.details or {}), "refundId": refund.refundId}
+            raise
+
+    def send_refund(self, refund: Row) -> Row:
+        """Send an open refund to its payment's provider with its own id and record the outcome: ``confirmed``;
+        ``refused`` (a definite no: the reservation is released); or ``unknown`` (no answer, an unreadable one, a
+        "system error", or any other exception: it stays counted and a job asks again with the same id). Raises the
+        provider's error in the last two cases. Returns the refund as it is afterwards."""
+        if refund.status not in OPEN_REFUND or not self.ledger.refund_sent(refund.id):
+            found = self.ledger.refund(refund.id)
+            assert found is not None
+            return found
+        payment = self.ledger.payment(refund.paymentId)
+        order = self.ledger.order(refund.orderId)
+        assert payment is not None and order is not None
+        audit = Audit("refund", provider=payment.provider,
+                      payload={"refundId": refund.refundId, "amount": str(from_fen(refund.amountFen)),
+                               "tradeNo": payment.tradeNo, "kind": refund.kind})
+        try:
+            provider = self.provider(payment.provider)
+            view = OrderView(orderId=order.orderId, subject=order.subject, amount=from_fen(payment.amountFen),
+                             createdAt=as_utc(order.createdAt), tradeNo=payment.tradeNo,  # type: ignore[arg-type]
+                             expiresAt=as_utc(order.expiresAt), reference=payment.reference)
+            result = provider.refund(view, refund.refundId, from_fen(refund.amountFen), from_fen(payment.reservedFen),
+                                     refund.reason)
+        except ProviderError as exc:
+            if outcome_unknown(exc):
+                self.ledger.refund_unknown(refund.id, exc.code, exc.message, audit, retry_in=60.0)
+            else:
+                self.ledger.refuse_refund(refund.id, exc.provider_code or exc.code, exc.message, audit)
+            raise
+        except PayError as exc:  # refused before anything was sent (the provider's own checks)
+            self.ledger.refuse_refund(refund.id, exc.code, exc.message, audit)
+            raise
+        except BaseException as exc:  # whatever happened, the provider may have refunded: keep it counted
+            self.ledger.refund_unknown(refund.id, type(exc).__name__, str(exc)[:2000], audit, retry_in=60.0)
+            raise
+        audit.payload = {**audit.payload, **dict(result.raw)}
+        return self.ledger.confirm_refund(refund.id, result.refundNo, audit)
+
+    # -- provider answers ---------------------------------------------------------------------------------------------
+    def apply_trades(self, provider: PayProvider, order: Row, *, kind: str) -> list[TradeState]:
+        """Ask ``provider`` about every trade of ``order`` it holds and apply each answer. Provider errors and
+        answers about another order are recorded and raised."""
+        orderId = order.orderId
+        try:
+            states = provider.query_trades(self.order_view(order))
+        except ProviderError as exc:
+            self.ledger.audit(kind, "provider-error", provider=provider.fullName, order_id=orderId,
+                              error_code=exc.code, message=exc.message, payload=exc.details)
+            raise
+        for state in states:
+            if state.orderId != orderId:  # never apply one trade's answer to another order
+                self.ledger.audit(kind, "rejected", provider=provider.fullName, order_id=orderId,
+                                  error_code="PROVIDER_ERROR", message=f"the answer is about order {state.orderId}",
+                                  payload=dict(state.raw))
+                raise ProviderError(f"{provider.fullName} answered about order {state.orderId!r} when asked about "
+                                    f"{orderId}")
+        for state in states:
+            self.apply_state(provider, state, kind=kind)
+        self.ledger.mark_checked(p.id for p in self.ledger.payments(orderId)
+                                 if p.provider == provider.fullName and p.status in LIVE_PAYMENT)
+        return states
+
+    def apply_state(self, provider: PayProvider, state: TradeState, *, kind: str,
+                    payload: Any = None) -> tuple[bool, str]:
+        """Apply what a provider says about one trade (from a verified notification or an active check). Returns
+        ``(accepted, message)``: accepted means processed or already processed (the provider may stop retrying).
+        Captured money is always recorded (as the accepted payment or a surplus); a closed or failed trade changes
+        that payment only."""
+        raw = payload if payload is not None else dict(state.raw)
+        order = self.ledger.order(state.orderId) if ORDER_ID_RE.match(state.orderId or "") else None
+        audit = Audit(kind, provider=provider.fullName, verified=True, payload=raw)
+        if order is None:
+            self.ledger.audit(kind, "rejected", provider=provider.fullName, order_id=state.orderId, verified=True,
+                              error_code=OrderNotExist.code, message=f"no order {state.orderId}", payload=raw)
+            return False, "order not found"
+        reference = state.reference or state.orderId
+        if state.status in CAPTURED_PAYMENT_STATES:
+            if state.paidAmount is None or state.paidAmount != from_fen(order.amountFen):
+                self.ledger.audit(kind, "rejected", provider=provider.fullName, order_id=state.orderId,
+                                  verified=True, error_code=AmountMismatch.code, payload=raw,
+                                  message=f"paid {state.paidAmount}, order amount {from_fen(order.amountFen)}")
+                return False, "amount mismatch"
+            self.ledger.apply_paid(order.orderId, provider=provider.fullName, providerName=provider.providerName,
+                                   reference=reference, tradeNo=state.tradeNo, payTime=state.payTime, audit=audit)
+            return True, "OK"
+        if state.status in ("closed", "failed"):
+            self.ledger.apply_unpaid(order.orderId, provider=provider.fullName, providerName=provider.providerName,
+                                     reference=reference, status=state.status, audit=audit)
+            return True, "OK"
+        self.ledger.audit(kind, "unchanged", provider=provider.fullName, order_id=state.orderId, verified=True,
+                          message=f"provider says {state.status}, order is {order.status}", payload=raw)
+        return True, "OK"
+
+    def refresh_pending(self, orderId: str) -> Row | None:
         """Ask the providers a pending order was offered with whether it has been paid, at most once every
         :data:`REFRESH_INTERVAL` per order (for pages that poll while notifications may not arrive). Returns the
         order as it is afterwards, or None if it does not exist. Provider errors are recorded, not raised."""
@@ -220,21 +347,21 @@ class PaySvc(NormalService):
         with self._refresh_lock:
             last = self._refreshed.get(orderId)
             if last is not None and now - last < REFRESH_INTERVAL.total_seconds():
-                return self.store.get(orderId)
+                return self.ledger.order(orderId)
             self._refreshed[orderId] = now
             if len(self._refreshed) > 10000:  # forget the oldest; only a rate limit
                 for key in sorted(self._refreshed, key=self._refreshed.__getitem__)[:5000]:
                     del self._refreshed[key]
-        order = self.store.get(orderId)
+        order = self.ledger.order(orderId)
         if order is None or order.status != "pending":
             return order
-        for fullName in self.store.attempted_providers(orderId):
+        for fullName in self.ledger.offered_providers(orderId):
             try:
                 if self.check(orderId, fullName)["status"] != "pending":
                     break
             except PayError as exc:  # recorded by check; the page keeps polling
                 log.info("refreshing order %s with %s: %s", orderId, fullName, exc)
-        return self.store.get(orderId)
+        return self.ledger.order(orderId)
 
     # -- notifications ------------------------------------------------------------------------------------------------
     def handle_notify_body(self, providerName: str, body: bytes, contentType: str | None = None) -> Response:
@@ -244,8 +371,8 @@ class PaySvc(NormalService):
         try:
             fields = providers[0].parse_notify_body(body, contentType)
         except NotifyInvalid as exc:
-            self.store.audit("notify", "rejected", provider=providers[0].fullName, verified=False,
-                             error_code=exc.code, message=exc.message, payload=body[:4096].decode("utf-8", "replace"))
+            self.ledger.audit("notify", "rejected", provider=providers[0].fullName, verified=False,
+                              error_code=exc.code, message=exc.message, payload=body[:4096].decode("utf-8", "replace"))
             return self._reply(providers[0].notify_reply(False, exc.message))
         return self._reply(self.handle_notify(providerName, fields))
 
@@ -258,8 +385,8 @@ class PaySvc(NormalService):
         order_id = order_id if isinstance(order_id, str) else None
         candidates = providers
         if order_id and ORDER_ID_RE.match(order_id):
-            attempted = self.store.attempted_providers(order_id)
-            preferred = [p for name in attempted for p in providers if p.fullName == name]
+            offered = self.ledger.offered_providers(order_id)
+            preferred = [p for name in offered for p in providers if p.fullName == name]
             candidates = preferred + [p for p in providers if p not in preferred]
         error: PayError | None = None
         for provider in candidates:
@@ -271,59 +398,10 @@ class PaySvc(NormalService):
             ok, message = self.apply_state(provider, state, kind="notify", payload=fields)
             return provider.notify_reply(ok, message)
         assert error is not None
-        self.store.audit("notify", "rejected", provider=candidates[0].fullName, order_id=order_id,
-                         verified=not isinstance(error, SignatureInvalid), error_code=error.code,
-                         message=error.message, payload=fields)
+        self.ledger.audit("notify", "rejected", provider=candidates[0].fullName, order_id=order_id,
+                          verified=not isinstance(error, SignatureInvalid), error_code=error.code,
+                          message=error.message, payload=fields)
         return candidates[0].notify_reply(False, error.message)
-
-    def apply_state(self, provider: PayProvider, state: TradeState, *, kind: str,
-                    payload: Any = None) -> tuple[bool, str]:
-        """Apply what a provider says about a trade (from a verified notification or an active check). Returns
-        ``(accepted, message)``: accepted means processed or already processed (the provider may stop retrying)."""
-        raw = payload if payload is not None else dict(state.raw)
-        order = self.store.get(state.orderId) if ORDER_ID_RE.match(state.orderId or "") else None
-        audit = dict(provider=provider.fullName, order_id=state.orderId, verified=True, payload=raw)
-        if order is None:
-            self.store.audit(kind, "rejected", error_code=OrderNotExist.code,
-                             message=f"no order {state.orderId}", **audit)
-            return False, "order not found"
-        if state.status == "success":
-            if state.paidAmount is None or state.paidAmount != from_fen(order.amountFen):
-                self.store.audit(kind, "rejected", error_code=AmountMismatch.code,
-                                 message=f"paid {state.paidAmount}, order amount {from_fen(order.amountFen)}", **audit)
-                return False, "amount mismatch"
-            if self.store.transition(order.orderId, "success", provider=provider.fullName, tradeNo=state.tradeNo,
-                                     payTime=as_utc(state.payTime) or utcnow(),
-                                     record=self.store.audit_row(kind, "pending->success", **audit)):
-                self._fire("jit_order_paid", order.orderId, order=self.query(order.orderId))
-                self._settle_later(order.orderId)
-                return True, "OK"
-            order = self.store.get(order.orderId) or order
-            if order.status in ("success", "refunded") and order.provider == provider.fullName \
-                    and order.tradeNo == state.tradeNo:
-                self.store.audit(kind, "unchanged", message="already processed", **audit)
-                return True, "OK"
-            # money arrived that the order did not expect: keep the record loudly, stop the retries
-            problem = "DUPLICATE_PAYMENT" if order.status in ("success", "refunded") else "PAID_AFTER_CLOSE"
-            message = (f"{provider.fullName} trade {state.tradeNo} paid order {order.orderId}, which is "
-                       f"{order.status} (via {order.provider} {order.tradeNo}); refund it")
-            log.warning("%s: %s", problem, message)
-            self.store.audit(kind, "unchanged", error_code=problem, message=message, **audit)
-            return True, "OK"
-        if state.status in ("closed", "failed") and order.status == "pending":
-            others = [p for p in self.store.attempted_providers(order.orderId) if p != provider.fullName]
-            if others:
-                self.store.audit(kind, "unchanged",
-                                 message=f"{state.status} at {provider.fullName}, still payable via others", **audit)
-                return True, "OK"
-            if self.store.transition(order.orderId, state.status,
-                                     record=self.store.audit_row(kind, f"pending->{state.status}", **audit)):
-                if state.status == "closed":
-                    self._fire("jit_order_closed", order.orderId, order=self.query(order.orderId))
-                return True, "OK"
-        self.store.audit(kind, "unchanged", message=f"provider says {state.status}, order is {order.status}",
-                         **audit)
-        return True, "OK"
 
     def notify_providers(self, providerName: str) -> list[PayProvider]:
         """The configured payment elements of one provider kind (``alipay``, ``wechat``), for notifications."""
@@ -345,6 +423,19 @@ class PaySvc(NormalService):
             raise UnknownPayType(f"no {providerName} payment element is configured in this app")
         return providers
 
+    # -- background work ----------------------------------------------------------------------------------------------
+    def sweep(self, **limits: Any) -> int:
+        """One pass of the periodic sweep (:func:`.background.sweep`): ask the providers about trades that may have
+        captured money unseen. The ``pays.sweep`` job runs it every minute; keyword arguments override its pace."""
+        from elements.pays.services.PaySvc.background import sweep
+
+        return sweep(self, **limits)
+
+    def money_check(self, orderId: str) -> tuple[int, int]:
+        """``(net captured, expected)`` in fen (see :meth:`.ledger.Ledger.money_check`): equal for every order once
+        the jobs are drained."""
+        return self.ledger.money_check(orderId)
+
     # -- helpers ------------------------------------------------------------------------------------------------------
     def provider(self, fullName: str) -> PayProvider:
         """The payment element ``fullName`` (a configured Type such as ``pays.AliPayType``, or an app instance of
@@ -360,8 +451,8 @@ class PaySvc(NormalService):
             raise UnknownPayType(f"{fullName!r} is not a payment element")
         return element
 
-    def order_dict(self, order: PayOrder) -> dict[str, Any]:
-        """The public view of an order."""
+    def order_dict(self, order: Row) -> dict[str, Any]:
+        """The public view of an order (what events carry; ``query`` adds its payments and refunds)."""
         return {
             "orderId": order.orderId,
             "subject": order.subject,
@@ -372,49 +463,46 @@ class PaySvc(NormalService):
             "tradeNo": order.tradeNo,
             "refundedAmount": from_fen(order.refundedFen),
             "createdAt": as_utc(order.createdAt),
+            "expiresAt": as_utc(order.expiresAt),
             "cashierUrl": self.cashier_url(order),
         }
 
-    def refund_dict(self, refund: PayRefund) -> dict[str, Any]:
-        """The public view of a refund."""
-        return {"orderId": refund.orderId, "refundId": refund.refundId, "amount": from_fen(refund.amountFen),
-                "status": refund.status, "refundNo": refund.refundNo}
-
-    def cashier_url(self, order: PayOrder) -> str:
+    def cashier_url(self, order: Row) -> str:
         """The buyer's cashier link for the order, with its unguessable token."""
         path = CASHIER_PATH.format(orderId=order.orderId) + f"?token={order.cashierToken}"
         return f"{self.app.baseUrl}{path}" if self.app.baseUrl else path
 
-    def cashier_order(self, orderId: str, token: str) -> PayOrder | None:
+    def cashier_order(self, orderId: str, token: str) -> Row | None:
         """The order if ``token`` is its cashier token (compared in constant time), else None."""
         try:
             check_order_id(orderId)
         except PayError:
             return None
-        order = self.store.get(orderId)
+        order = self.ledger.order(orderId)
         if order is None or not token or not hmac.compare_digest(order.cashierToken.encode(), token.encode()):
             return None
         return order
 
     @staticmethod
-    def order_view(order: PayOrder) -> OrderView:
+    def order_view(order: Row) -> OrderView:
         """What providers may know of an order."""
         return OrderView(orderId=order.orderId, subject=order.subject, amount=from_fen(order.amountFen),
-                         createdAt=as_utc(order.createdAt), tradeNo=order.tradeNo)  # type: ignore[arg-type]
+                         createdAt=as_utc(order.createdAt), tradeNo=order.tradeNo,  # type: ignore[arg-type]
+                         expiresAt=as_utc(order.expiresAt))
 
-    def _order(self, orderId: str) -> PayOrder:
-        order = self.store.get(orderId)
+    def _order(self, orderId: str) -> Row:
+        order = self.ledger.order(orderId)
         if order is None:
             raise OrderNotExist(f"no order {orderId}", details={"orderId": orderId})
         return order
 
-    def _pending_order(self, orderId: str) -> PayOrder:
+    def _pending_order(self, orderId: str) -> Row:
         order = self._order(orderId)
         self._require_pending(order)
         return order
 
     @staticmethod
-    def _require_pending(order: PayOrder) -> None:
+    def _require_pending(order: Row) -> None:
         if order.status in ("success", "refunded"):
             raise OrderPaid(f"order {order.orderId} is already paid")
         if order.status == "closed":
@@ -422,66 +510,25 @@ class PaySvc(NormalService):
         if order.status != "pending":
             raise OrderStateConflict(f"order {order.orderId} is {order.status}")
 
-    def _reserve_refund(self, order: PayOrder, refund_id: str, fen: int, reason: str | None) -> PayRefund:
-        existing = self.store.get_refund(order.orderId, refund_id)
-        if existing is None:
-            now = utcnow()
-            refund = PayRefund(orderId=order.orderId, refundId=refund_id, amountFen=fen, status="pending",
-                               provider=order.provider or "", reason=reason, createdAt=now, updatedAt=now)
-            if self.store.reserve_refund(refund):
-                return refund
-            existing = self.store.get_refund(order.orderId, refund_id)
-            if existing is None:
-                left = self._order(order.orderId)
-                raise RefundInvalid(f"refund of {from_fen(fen)} exceeds what is left to refund on order "
-                                    f"{order.orderId} ({from_fen(left.amountFen - left.refundedFen)})")
-        if existing.amountFen != fen:
-            raise RefundInvalid(f"refundId {refund_id} was used for {from_fen(existing.amountFen)}")
-        if existing.status == "failed" and not self.store.retry_refund(existing):
-            raise RefundInvalid(f"refund of {from_fen(fen)} exceeds what is left to refund on order {order.orderId}")
-        return existing
-
-    def _settle_later(self, orderId: str) -> None:
-        """In the background (the provider is waiting for our reply): tell every payment element the order was
-        offered with that it is paid, so that nothing else of it stays payable (see ``PayProvider.settle``)."""
-        thread = threading.Thread(target=self.settle, args=(orderId,), name=f"jitpay-settle-{orderId}", daemon=True)
-        with self._settle_lock:
-            self._settling = [t for t in self._settling if t.is_alive()] + [thread]
-        thread.start()
-
-    def settle(self, orderId: str) -> None:
-        """Make the other trades of a paid order unpayable, provider by provider; each outcome is recorded."""
-        order = self.store.get(orderId)
-        if order is None or order.status not in ("success", "refunded"):
-            return
-        view = self.order_view(order)
-        for fullName in self.store.attempted_providers(orderId):
-            try:
-                self.provider(fullName).settle(view, paidHere=fullName == order.provider)
-            except Exception as exc:  # recorded; the payment stands whatever happens here
-                code = getattr(exc, "code", type(exc).__name__)
-                self.store.audit("settle", "provider-error", provider=fullName, order_id=orderId, error_code=code,
-                                 message=str(exc)[:2000])
-            else:
-                self.store.audit("settle", "settled", provider=fullName, order_id=orderId)
-
-    def wait_settled(self, timeout: float = 10.0) -> None:
-        """Wait for background settling to finish (tests, shutdown)."""
-        with self._settle_lock:
-            threads = list(self._settling)
-        for thread in threads:
-            thread.join(timeout)
-
-    def _fire(self, hook_name: str, order_id: str, **kwargs: Any) -> None:
-        """Fire a payment event after the change is committed; a failing implementation is logged and recorded,
-        never undoing the change."""
-        for plugin_name, exc in self.app.fireEvent(hook_name, **kwargs):
-            self.store.audit("event", "hook-failed", order_id=order_id, error_code=type(exc).__name__,
-                             message=f"{hook_name} in {plugin_name}: {exc}"[:2000])
-
     @staticmethod
     def _reply(reply: Any) -> Response:
         return Response(reply.body, status_code=reply.status, media_type=reply.mediaType)
+
+
+#: provider trade states that mean money was captured
+CAPTURED_PAYMENT_STATES = ("success", "refunded")
+
+
+def _summary_status(states: list[TradeState], paid_trade: str | None) -> str:
+    """One status for what a provider said about all of an order's trades: the accepted trade's, else a paid one,
+    else pending if any can still be paid, else failed or closed."""
+    for state in states:
+        if paid_trade and state.tradeNo == paid_trade:
+            return state.status
+    for wanted in ("success", "refunded", "pending", "failed", "closed"):
+        if any(s.status == wanted for s in states):
+            return wanted
+    return "pending"
 
 
 #: failure kinds after which a request may still have been carried out by the provider

@@ -40,7 +40,7 @@ def notify_endpoint(app: "App", provider_name: str) -> Any:
         try:
             body = await read_body(request, NOTIFY_BODY_LIMIT)
         except BodyTooLarge as exc:
-            await run_in_threadpool(service.store.audit, "notify", "rejected", provider=providers[0].fullName,
+            await run_in_threadpool(service.ledger.audit, "notify", "rejected", provider=providers[0].fullName,
                                     verified=False, error_code=exc.code, message=exc.message)
             return error_response(exc)
         try:

@@ -1,4 +1,4 @@
-"""Write tests/elements/pays/migration/v1.db with JitPay's schema-1 code (OrderStore of commit dd5259c)."""
+"""Write tests/elements/pays/migration/v1.db with JitPay's schema-1 code: run from a checkout of commit dd5259c (the last with schema 1)."""
 import sys
 from datetime import datetime, timezone, timedelta
 from pathlib import Path

@@ -46,6 +46,7 @@ def app(tmp_path: Path, database_url: str) -> Iterator[Any]:
     """A loaded app; the fake provider's state and the recorded events are reset."""
     fake_plugin.EVENTS.clear()
     fake_plugin.RAISE_ON_PAID.clear()
+    fake_plugin.DELIVERIES.clear()
     loaded = jitcore.load_app(write_app(tmp_path, database_url))
     fake = fake_class(loaded)
     for store in (fake.trades, fake.refunds):

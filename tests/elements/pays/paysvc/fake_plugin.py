@@ -10,6 +10,8 @@ from sqlalchemy import text
 from jitcore import hookimpl
 
 EVENTS: list[tuple[str, str]] = []
+#: every delivery of an event: (hook name, event id, attempt)
+DELIVERIES: list[tuple[str, str, int]] = []
 #: set to make the paid hook raise (to prove a failing hook never undoes the payment)
 RAISE_ON_PAID: list[bool] = []
 
@@ -30,13 +32,14 @@ def _record(app: Any, event: str, order: dict[str, Any]) -> None:
 
 @hookimpl
 def jit_order_created(app: Any, order: dict[str, Any]) -> None:
-    """Record it."""
+    """Record it (an implementation written before events carried ``event``)."""
     _record(app, "created", order)
 
 
 @hookimpl
-def jit_order_paid(app: Any, order: dict[str, Any]) -> None:
+def jit_order_paid(app: Any, order: dict[str, Any], event: dict[str, Any]) -> None:
     """Record it, or fail on purpose."""
+    DELIVERIES.append((event["name"], event["id"], event["attempt"]))
     if RAISE_ON_PAID:
         raise RuntimeError("the VIP grant service is down")
     _record(app, "paid", order)
@@ -52,3 +55,15 @@ def jit_order_closed(app: Any, order: dict[str, Any]) -> None:
 def jit_order_refunded(app: Any, order: dict[str, Any], refund: dict[str, Any]) -> None:
     """Record it."""
     _record(app, "refunded", order)
+
+
+@hookimpl
+def jit_payment_surplus(app: Any, order: dict[str, Any], payment: dict[str, Any]) -> None:
+    """Record it."""
+    _record(app, "surplus", order)
+
+
+@hookimpl
+def jit_surplus_refunded(app: Any, order: dict[str, Any], payment: dict[str, Any], refund: dict[str, Any]) -> None:
+    """Record it."""
+    _record(app, "surplus-refunded", order)

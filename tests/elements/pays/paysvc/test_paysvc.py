@@ -4,6 +4,7 @@ refunds and events. (The same flow against the real providers and the sandbox is
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -40,8 +41,17 @@ def _signer(monkeypatch: pytest.MonkeyPatch, app: Any) -> None:
     monkeypatch.setitem(sys.modules, alias.__name__, alias)
 
 
+def make_due(app: Any) -> None:
+    """Time passes: every job waiting for later is due now."""
+    from sqlalchemy import text
+
+    with app.engine.begin() as conn:
+        conn.execute(text("UPDATE jit_job SET \"dueAt\" = :now WHERE state = 'due'"),
+                     {"now": datetime.now(timezone.utc).replace(tzinfo=None)})
+
+
 def audit(app: Any, order_id: str | None = None) -> list[Any]:
-    return app.loadElement("pays.services.PaySvc").store.audit_log(order_id)
+    return app.loadElement("pays.services.PaySvc").ledger.audit_log(order_id)
 
 
 # -- create --------------------------------------------------------------------------------------------------------
@@ -261,7 +271,7 @@ def test_concurrent_notify_and_check_change_the_order_once(app: Any, pay: Any) -
         assert [r.outcome for r in audit(app, order_id)].count("pending->success") == 1
 
 
-def test_switching_provider_first_confirmation_wins(app: Any, pay: Any) -> None:
+def test_switching_provider_first_confirmation_wins_the_second_is_refunded(app: Any, pay: Any) -> None:
     svc = app.loadElement("pays.services.PaySvc")
     order_id = pay.create("Book", "8.00")["orderId"]
     pay.getPayUrl(orderId=order_id, fullName=FAKE, payType="pc")
@@ -269,38 +279,63 @@ def test_switching_provider_first_confirmation_wins(app: Any, pay: Any) -> None:
     assert svc.handle_notify("fake", signed_notify(app, order_id, "8.00", secret="other", trade_no="B")).body == b"ok"
     result = pay.query(orderId=order_id)
     assert result["provider"] == "shop.OtherPay" and result["tradeNo"] == "B"
-    # the other provider confirms a second payment: kept on record for a refund, the order unchanged
+    # the other provider confirms a second payment: acknowledged, recorded as a surplus, the order unchanged
     assert svc.handle_notify("fake", signed_notify(app, order_id, "8.00", trade_no="A")).body == b"ok"
-    assert pay.query(orderId=order_id)["tradeNo"] == "B"
+    result = pay.query(orderId=order_id)
+    assert result["tradeNo"] == "B" and result["status"] == "success"
+    assert {(p["fullName"], p["tradeNo"], p["role"], p["status"]) for p in result["payments"]} == {
+        ("shop.OtherPay", "B", "accepted", "paid"), (FAKE, "A", "surplus", "paid")}
     notes = [row for row in audit(app, order_id) if row.kind == "notify"]
-    assert notes[-1].errorCode == "DUPLICATE_PAYMENT"
+    assert notes[-1].errorCode == "SURPLUS_PAYMENT"
     assert fake_plugin.EVENTS.count(("paid", order_id)) == 1
-    # settling after the first payment closed the trade at the provider that was not paid
-    svc.wait_settled()
+    assert fake_plugin.EVENTS.count(("surplus", order_id)) == 1
+    # the jobs settle the order (the other trade is closed) and give the surplus back through its own provider
+    app.jobs.run_until_idle()
     assert fake_class(app).closed == [order_id]
     assert sorted((r.provider, r.outcome) for r in audit(app, order_id) if r.kind == "settle") == [
         ("shop.OtherPay", "settled"), (FAKE, "settled")]
+    [surplus] = [p for p in pay.query(orderId=order_id)["payments"] if p["role"] == "surplus"]
+    assert surplus["status"] == "refunded" and surplus["refundedAmount"] == Decimal("8.00")
+    [refund] = pay.query(orderId=order_id)["refunds"]
+    assert (refund["kind"], refund["status"], refund["amount"]) == ("surplus", "confirmed", Decimal("8.00"))
+    assert fake_class(app).refunds == {refund["refundId"]: Decimal("8.00")}
+    assert fake_plugin.EVENTS.count(("surplus-refunded", order_id)) == 1
+    assert pay.query(orderId=order_id)["refundedAmount"] == Decimal("0.00")  # the order's own payment is untouched
+    assert svc.money_check(order_id) == (800, 800)
 
 
-def test_a_failing_paid_hook_never_undoes_the_payment(app: Any, pay: Any) -> None:
+def test_a_failing_paid_hook_never_undoes_the_payment_and_gets_the_event_again(app: Any, pay: Any) -> None:
     svc = app.loadElement("pays.services.PaySvc")
     fake_plugin.RAISE_ON_PAID.append(True)
     order_id = pay.create("Book", "8.00")["orderId"]
     assert svc.handle_notify("fake", signed_notify(app, order_id, "8.00")).body == b"ok"
     assert pay.query(orderId=order_id)["status"] == "success"
-    failed = [r for r in audit(app, order_id) if r.kind == "event"]
-    assert failed and "VIP grant service is down" in failed[0].message
+    assert ("paid", order_id) not in fake_plugin.EVENTS
+    [failed] = [job for job in app.jobs.list() if job["kind"] == "jit.event" and job["lastError"]]
+    assert "VIP grant service is down" in failed["lastError"]
+    fake_plugin.RAISE_ON_PAID.clear()
+    app.jobs.retry(failed["id"])
+    app.jobs.run_until_idle()
+    assert fake_plugin.EVENTS.count(("paid", order_id)) == 1
+    first, second = [e for e in fake_plugin.DELIVERIES if e[0] == "jit_order_paid"]
+    assert first[1] == second[1]  # the same event, by its id
 
 
-def test_provider_closed_or_failed(app: Any, pay: Any) -> None:
+def test_provider_closed_or_failed_changes_the_payment_not_the_order(app: Any, pay: Any) -> None:
     order_id = pay.create("Book", "8.00")["orderId"]
     pay.getPayUrl(orderId=order_id, fullName=FAKE, payType="pc")
     fake_class(app).trades[f"{FAKE}:{order_id}"] = TradeState(order_id, "closed")
-    assert pay.check(orderId=order_id, fullName=FAKE)["status"] == "closed"
-    assert ("closed", order_id) in fake_plugin.EVENTS
+    checked = pay.check(orderId=order_id, fullName=FAKE)
+    assert checked["status"] == "pending" and checked["providerStatus"] == "closed"
+    assert [p["status"] for p in checked["payments"]] == ["closed"]
     other = pay.create("Book", "8.00")["orderId"]
+    pay.getPayUrl(orderId=other, fullName=FAKE, payType="pc")
     fake_class(app).trades[f"{FAKE}:{other}"] = TradeState(other, "failed")
-    assert pay.check(orderId=other, fullName=FAKE)["status"] == "failed"
+    checked = pay.check(orderId=other, fullName=FAKE)
+    assert checked["status"] == "pending" and [p["status"] for p in checked["payments"]] == ["failed"]
+    # the buyer can still pay: a failed attempt is not the end of the order
+    fake_class(app).trades[f"{FAKE}:{other}"] = TradeState(other, "success", "T2", Decimal("8.00"))
+    assert pay.check(orderId=other, fullName=FAKE)["status"] == "success"
 
 
 # -- close and refund ----------------------------------------------------------------------------------------------
@@ -329,8 +364,9 @@ def test_refund_partial_full_idempotent_and_bounded(app: Any, pay: Any) -> None:
         pay.close(orderId=order_id)
     assert info.value.code == "ORDER_PAID"
     first = pay.refund(orderId=order_id, amount="3.00", refundId="REF1")
-    assert first == {"orderId": order_id, "refundId": "REF1", "amount": Decimal("3.00"), "status": "success",
-                     "refundNo": "FRREF1"}
+    assert {k: first[k] for k in ("orderId", "refundId", "amount", "status", "refundNo", "kind")} == {
+        "orderId": order_id, "refundId": "REF1", "amount": Decimal("3.00"), "status": "confirmed",
+        "refundNo": "FRREF1", "kind": "merchant"}
     assert pay.refund(orderId=order_id, amount="3.00", refundId="REF1") == first  # retried: same refund
     assert fake_class(app).refunds == {"REF1": Decimal("3.00")}
     with pytest.raises(Exception) as info:
@@ -348,6 +384,9 @@ def test_refund_partial_full_idempotent_and_bounded(app: Any, pay: Any) -> None:
         pay.refund(orderId=order_id, amount="0.01")
     assert info.value.code == "REFUND_INVALID"
     assert fake_plugin.EVENTS.count(("refunded", order_id)) == 2
+    # a fully refunded order still answers its refunds by id
+    assert pay.refund(orderId=order_id, refundId="REF1") == first
+    assert pay.refund(orderId=order_id, refundId=rest["refundId"])["amount"] == Decimal("7.00")
 
 
 def test_refund_errors(app: Any, pay: Any) -> None:
@@ -360,7 +399,7 @@ def test_refund_errors(app: Any, pay: Any) -> None:
     with pytest.raises(ProviderError):
         pay.refund(orderId=order_id, amount="10.00", refundId="R1")
     assert pay.query(orderId=order_id)["refundedAmount"] == Decimal("0.00")  # a refused refund counts for nothing
-    assert pay.refund(orderId=order_id, amount="10.00", refundId="R1")["status"] == "success"  # retry works
+    assert pay.refund(orderId=order_id, amount="10.00", refundId="R1")["status"] == "confirmed"  # retry works
     for bad in ("0", "-1", "0.001"):
         with pytest.raises(Exception) as info:
             pay.refund(orderId=order_id, amount=bad)
@@ -372,15 +411,43 @@ def test_refund_with_unknown_outcome_stays_counted(app: Any, pay: Any) -> None:
     fake_class(app).fail_next.append(ProviderError("no answer", details={"outcomeUnknown": True}))
     with pytest.raises(ProviderError):
         pay.refund(orderId=order_id, amount="10.00", refundId="R1")
-    # the provider may have refunded: the amount stays counted, so no other refund can pay it out again
-    assert pay.query(orderId=order_id)["refundedAmount"] == Decimal("10.00")
+    # the provider may have refunded: only confirmed refunds count as refunded, but this one stays reserved, so no
+    # other refund can pay it out again
+    status = pay.query(orderId=order_id)
+    assert status["refundedAmount"] == Decimal("0.00") and status["status"] == "success"
+    assert [(r["refundId"], r["status"]) for r in status["refunds"]] == [("R1", "unknown")]
     with pytest.raises(Exception) as info:
         pay.refund(orderId=order_id, amount="10.00", refundId="R2")
-    assert info.value.code == "REFUND_INVALID"
-    assert pay.refund(orderId=order_id, amount="10.00", refundId="R1")["status"] == "success"  # same id: retried
+    assert info.value.code == "REFUND_INVALID" and info.value.details["refundId"] == "R2"
+    assert pay.refund(orderId=order_id, amount="10.00", refundId="R1")["status"] == "confirmed"  # same id: retried
     assert pay.query(orderId=order_id)["status"] == "refunded"
     assert [r.outcome for r in audit(app, order_id) if r.kind == "refund"][0] == "outcome-unknown"
 
+
+def test_an_unknown_outcome_is_retried_by_a_job_with_the_same_id(app: Any, pay: Any) -> None:
+    order_id = _paid_order(app, pay)
+    fake_class(app).fail_next.append(ProviderError("no answer", details={"outcomeUnknown": True}))
+    with pytest.raises(ProviderError) as info:
+        pay.refund(orderId=order_id, amount="4.00")
+    generated = info.value.details["refundId"]  # the caller can retry it too
+    assert pay.query(orderId=order_id)["refunds"][0]["status"] == "unknown"
+    assert "pays.refund" in [j["kind"] for j in app.jobs.list(states=["due"])]
+    make_due(app)  # a minute passes
+    app.jobs.run_until_idle()
+    [refund] = pay.query(orderId=order_id)["refunds"]
+    assert (refund["refundId"], refund["status"]) == (generated, "confirmed")
+    assert fake_class(app).refunds == {generated: Decimal("4.00")}
+    assert pay.query(orderId=order_id)["refundedAmount"] == Decimal("4.00")
+
+
+def test_any_exception_while_refunding_leaves_a_defined_state(app: Any, pay: Any) -> None:
+    order_id = _paid_order(app, pay)
+    fake_class(app).fail_next.append(RuntimeError("the process is going down"))  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        pay.refund(orderId=order_id, amount="4.00", refundId="RX")
+    [refund] = pay.query(orderId=order_id)["refunds"]
+    assert refund["status"] == "unknown" and refund["error"]["code"] == "RuntimeError"
+    assert pay.refund(orderId=order_id, amount="4.00", refundId="RX")["status"] == "confirmed"
 
 
 def test_concurrent_refunds_never_exceed_the_paid_amount(app: Any, pay: Any) -> None:

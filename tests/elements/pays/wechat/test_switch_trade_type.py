@@ -62,7 +62,7 @@ def service(live: LiveApp) -> Any:
 def view(live: LiveApp, orderId: str) -> OrderView:
     """What the provider is told about the order, as PaySvc tells it."""
     svc = service(live)
-    return svc.order_view(svc.store.get(orderId))
+    return svc.order_view(svc.ledger.order(orderId))
 
 
 def api_key(live: LiveApp) -> str:
@@ -112,15 +112,15 @@ def test_qr_code_then_link_then_pay_either(live: LiveApp, pay_with: str) -> None
     checked = svc.check(orderId=order["orderId"], fullName=WECHAT)
     assert checked["providerStatus"] == "success" and checked["tradeNo"] == paid["tradeNo"]
     # The notification was mapped to the order through attach and applied.
-    notes = service(live).store.audit_log(order["orderId"], kinds=["notify"])
+    notes = service(live).ledger.audit_log(order["orderId"], kinds=["notify"])
     assert notes[0].outcome == "pending->success" and notes[0].verified
     assert f'"out_trade_no": "{ref}"' in notes[0].payload and f'"attach": "{order["orderId"]}"' in notes[0].payload
     # Once paid, PaySvc settles: the other WeChat order is closed, so the buyer cannot pay twice.
     other_ref = out_trade_nos(order["orderId"])["MWEB" if pay_with == "pc" else "NATIVE"]
     wait_for(lambda: at_wechat(live, other_ref)["trade_state"] == "CLOSED")
     svc_element = service(live)
-    svc_element.wait_settled()
-    assert [r.outcome for r in svc_element.store.audit_log(order["orderId"], kinds=["settle"])] == ["settled"]
+    assert wait_for(lambda: [r.outcome for r in svc_element.ledger.audit_log(order["orderId"], kinds=["settle"])]) \
+        == ["settled"]
     assert svc.query(orderId=order["orderId"])["tradeNo"] == paid["tradeNo"]  # the first payment stays recorded
 
 
@@ -298,7 +298,7 @@ def test_the_sandbox_itself_never_lets_attach_and_out_trade_no_disagree_unnotice
     assert answer["result_code"] == "SUCCESS"
     pay_in_wallet(answer["code_url"])
     # The sandbox's notification reaches PaySvc and is refused (WeChat would notify again).
-    rejected = wait_for(lambda: service(live).store.audit_log(mweb_out_trade_no(a["orderId"]), kinds=["notify"]))
+    rejected = wait_for(lambda: service(live).ledger.audit_log(mweb_out_trade_no(a["orderId"]), kinds=["notify"]))
     assert rejected[0].outcome == "rejected" and rejected[0].errorCode == "NOTIFY_INVALID"
     for order in (a, b):
         assert svc.query(orderId=order["orderId"])["status"] == "pending"

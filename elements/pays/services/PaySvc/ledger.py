@@ -1,0 +1,678 @@
+"""The payment ledger: the one place where orders, payments and refunds change.
+
+Orders keep JitAi's states; payments and refunds move on their own, and drive the order::
+
+    order     pending -> success (a payment is accepted) | closed (close, or expiry with nothing paid)
+              success -> refunded (its accepted payment fully refunded)
+              (failed: kept for version-1 data and for JitAi compatibility; JitPay itself never fails an order)
+    payment   prepared -> paid | closed | failed | expired;  closed | failed | expired -> paid (money came anyway)
+              paid -> refunded (fully; a partial refund leaves it paid)
+    refund    reserved -> sent -> confirmed | refused | unknown;  unknown -> sent (retried with the same id)
+              refused -> reserved (the caller tries the same id again)
+
+Every change is one conditional ``UPDATE ... WHERE status IN (allowed sources)`` (money too: ``reservedFen +
+amount <= amountFen``), committed in one transaction with its audit record, its outbox events and the jobs it implies
+(:mod:`jitcore.jobs`). A paid payment becomes the order's *accepted* payment only if the order is still ``pending``
+at that moment; otherwise it is a *surplus*: recorded, announced (``jit_payment_surplus``) and, unless the app keeps
+surplus money, refunded in full through its own provider by a job.
+
+The money rule every change keeps, once the jobs are drained: for every order, what the providers captured minus
+what they refunded equals ``amount - refundedAmount`` while the order is ``success`` (or ``refunded``), and zero
+otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Iterator
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.exc import IntegrityError
+
+from elements.pays.services.PaySvc.migrations import ensure_schema
+from elements.pays.services.PaySvc.models import PayAudit, PayOrder, PayPayment, PayRefund
+
+ORDERS = PayOrder.__table__
+PAYMENTS = PayPayment.__table__
+REFUNDS = PayRefund.__table__
+AUDIT = PayAudit.__table__
+
+ORDER_STATUSES = ("pending", "success", "failed", "closed", "refunded")
+PAID_ORDER = ("success", "refunded")
+#: payment states in which the trade may still capture money (until the order's expiry has passed)
+LIVE_PAYMENT = ("prepared", "closed", "failed")
+CAPTURED_PAYMENT = ("paid", "refunded")
+#: refund states still counted against the payment but not yet final
+OPEN_REFUND = ("reserved", "sent", "unknown")
+PAYLOAD_LIMIT = 65536
+
+#: job kinds the ledger enqueues (handlers in :mod:`.background`)
+JOB_CLOSE_TRADES = "pays.close_trades"
+JOB_REFUND = "pays.refund"
+#: seconds after a refund is reserved at which its job makes sure it was finished (and retries an unknown outcome)
+REFUND_FOLLOW_UP = 60.0
+
+
+def utcnow() -> datetime:
+    """Now, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite gives back naive UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def storable_text(text: str | None) -> str | None:
+    """Hostile text made storable in any database, keeping what it said: NUL characters (PostgreSQL refuses them)
+    and lone surrogates (not UTF-8) are written as escapes."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def audit_values(kind: str, outcome: str, *, provider: str | None = None, order_id: str | None = None,
+                 verified: bool | None = None, error_code: str | None = None, message: str | None = None,
+                 payload: Any = None) -> dict[str, Any]:
+    """An audit record's column values: what happened (``outcome``, e.g. ``pending->success``, ``unchanged``,
+    ``rejected``), about which provider and order, whether the signature verified, the error code of a rejection and
+    the raw payload (JSON, cut at 64 KiB, hostile characters escaped)."""
+    if payload is not None and not isinstance(payload, str):
+        payload = json.dumps(payload, ensure_ascii=False, default=str, sort_keys=True)
+    if payload is not None and len(payload) > PAYLOAD_LIMIT:
+        payload = payload[:PAYLOAD_LIMIT] + "...(truncated)"
+    return {"at": utcnow(), "kind": kind, "outcome": outcome[:64], "provider": provider,
+            "orderId": storable_text(order_id[:64]) if isinstance(order_id, str) else None,
+            "verified": verified, "errorCode": error_code[:64] if error_code else None,
+            "message": storable_text(message), "payload": storable_text(payload)}
+
+
+@dataclass
+class Audit:
+    """What a change is recorded with: the audit fields except the outcome, which the ledger decides."""
+
+    kind: str
+    provider: str | None = None
+    verified: bool | None = None
+    payload: Any = None
+    message: str | None = None
+
+    def values(self, outcome: str, order_id: str | None, *, error_code: str | None = None,
+               message: str | None = None) -> dict[str, Any]:
+        return audit_values(self.kind, outcome, provider=self.provider, order_id=order_id, verified=self.verified,
+                            error_code=error_code, message=message or self.message, payload=self.payload)
+
+
+@dataclass
+class _Tx:
+    conn: Connection
+    #: jobs to run right after the commit (event deliveries, closing trades a caller waits for)
+    events: list[int] = field(default_factory=list)
+    #: jobs left to the runner
+    jobs: int = 0
+
+
+class _NoRoom(Exception):
+    """Rolls a refund's transaction back: it no longer fits in what the payment captured."""
+
+
+@dataclass(frozen=True)
+class PaidOutcome:
+    """What a report of captured money did: ``accepted`` (the order is now paid by it), ``surplus`` (recorded as
+    money the order did not need), or ``known`` (this payment was already recorded)."""
+
+    outcome: str
+    payment: Row
+    order: Row
+
+
+class Ledger:
+    """Reads and changes the payment tables of one database. ``order_dict`` makes the public view of an order row
+    (the one events carry); ``jobs`` is the app's :class:`jitcore.jobs.JobQueue`."""
+
+    def __init__(self, engine: Engine, jobs: Any, order_dict: Callable[[Row], dict[str, Any]],
+                 surplus: str = "refund") -> None:
+        self.engine = engine
+        self.jobs = jobs
+        self.order_dict = order_dict
+        self.surplus = surplus
+        self._ready = False
+
+    # -- plumbing -----------------------------------------------------------------------------------------------------
+    def ensure_schema(self) -> None:
+        """Create or migrate the tables on first use."""
+        if not self._ready:
+            ensure_schema(self.engine)
+            self._ready = True
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        self.ensure_schema()
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[_Tx]:
+        """One transaction; after it commits, the events it wrote get their first delivery and the runner is woken
+        for the jobs it enqueued."""
+        self.ensure_schema()
+        with self.engine.begin() as conn:
+            tx = _Tx(conn)
+            yield tx
+        if tx.events:
+            self.jobs.run_now(tx.events)
+        if tx.jobs:
+            self.jobs.wake()
+
+    def _publish(self, tx: _Tx, event: str, order_id: str, **kwargs: Any) -> None:
+        tx.events += self.jobs.publish(tx.conn, event, kwargs, sequenceKey=f"order:{order_id}")
+
+    def _enqueue(self, tx: _Tx, kind: str, payload: dict[str, Any], *, run_now: bool = False,
+                 **options: Any) -> None:
+        """Enqueue a job in the transaction; ``run_now``: its first attempt right after the commit, in this
+        thread (else the runner is woken for it)."""
+        job_id = self.jobs.enqueue(tx.conn, kind, payload, **options)
+        if job_id is None:
+            return
+        if run_now:
+            tx.events.append(job_id)
+        else:
+            tx.jobs += 1
+
+    @staticmethod
+    def _audit(tx: _Tx, values: dict[str, Any]) -> None:
+        tx.conn.execute(AUDIT.insert().values(**values))
+
+    @staticmethod
+    def _order(conn: Connection, order_id: str, *, lock: bool = False) -> Row | None:
+        """The order row; ``lock``: held until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite's
+        transactions hold the database already). Every writer that changes an order and its payments locks the
+        order first, so two of them never wait on each other in opposite orders."""
+        statement = select(ORDERS).where(ORDERS.c.orderId == order_id)
+        return conn.execute(statement.with_for_update() if lock else statement).first()
+
+    @staticmethod
+    def _insert_payment(conn: Connection, values: dict[str, Any]) -> Row:
+        """Insert a payment, or find the one a concurrent transaction inserted for the same trade."""
+        if conn.dialect.name in ("postgresql", "sqlite"):
+            dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+            conn.execute(dialect_insert(PAYMENTS).values(**values)
+                         .on_conflict_do_nothing(index_elements=["orderId", "provider", "reference"]))
+        else:  # pragma: no cover - other databases: a plain insert
+            conn.execute(PAYMENTS.insert().values(**values))
+        row = conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == values["orderId"],
+                                                  PAYMENTS.c.provider == values["provider"],
+                                                  PAYMENTS.c.reference == values["reference"])).first()
+        assert row is not None
+        return row
+
+    @staticmethod
+    def _payment(conn: Connection, payment_id: int) -> Row | None:
+        return conn.execute(select(PAYMENTS).where(PAYMENTS.c.id == payment_id)).first()
+
+    @staticmethod
+    def _refund(conn: Connection, refund_row_id: int) -> Row | None:
+        return conn.execute(select(REFUNDS).where(REFUNDS.c.id == refund_row_id)).first()
+
+    # -- reads --------------------------------------------------------------------------------------------------------
+    def order(self, order_id: str) -> Row | None:
+        """The order, or None."""
+        with self._read() as conn:
+            return self._order(conn, order_id)
+
+    def payments(self, order_id: str) -> list[Row]:
+        """The order's payments, oldest first."""
+        with self._read() as conn:
+            return list(conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == order_id)
+                                     .order_by(PAYMENTS.c.id)).all())
+
+    def payment(self, payment_id: int) -> Row | None:
+        """One payment by id."""
+        with self._read() as conn:
+            return self._payment(conn, payment_id)
+
+    def refunds(self, order_id: str) -> list[Row]:
+        """The order's refunds, oldest first."""
+        with self._read() as conn:
+            return list(conn.execute(select(REFUNDS).where(REFUNDS.c.orderId == order_id)
+                                     .order_by(REFUNDS.c.id)).all())
+
+    def refund(self, refund_row_id: int) -> Row | None:
+        """One refund by its row id."""
+        with self._read() as conn:
+            return self._refund(conn, refund_row_id)
+
+    def refund_by_id(self, order_id: str, refund_id: str) -> Row | None:
+        """A refund by the order and its ``refundId``."""
+        with self._read() as conn:
+            return conn.execute(select(REFUNDS).where(REFUNDS.c.orderId == order_id,
+                                                      REFUNDS.c.refundId == refund_id)).first()
+
+    def offered_providers(self, order_id: str) -> list[str]:
+        """The payment elements the order has trades with, most recent first."""
+        with self._read() as conn:
+            rows = conn.execute(select(PAYMENTS.c.provider, func.max(PAYMENTS.c.id))
+                                .where(PAYMENTS.c.orderId == order_id).group_by(PAYMENTS.c.provider)).all()
+        return [provider for provider, _ in sorted(rows, key=lambda r: -r[1])]
+
+    def reusable_payment(self, order_id: str, provider: str, pay_type: str, valid_until: datetime) -> Row | None:
+        """The latest prepared trade of this kind whose pay URL is still valid at ``valid_until``."""
+        with self._read() as conn:
+            return conn.execute(select(PAYMENTS).where(
+                PAYMENTS.c.orderId == order_id, PAYMENTS.c.provider == provider, PAYMENTS.c.payType == pay_type,
+                PAYMENTS.c.status == "prepared", PAYMENTS.c.payUrl.is_not(None),
+                PAYMENTS.c.expiresAt > valid_until).order_by(PAYMENTS.c.updatedAt.desc()).limit(1)).first()
+
+    def sweep_candidates(self, *, checked_before: datetime, created_before: datetime, limit: int) -> list[Row]:
+        """Trades that may still capture money, not asked about since ``checked_before``, created before
+        ``created_before``; least recently checked first."""
+        with self._read() as conn:
+            return list(conn.execute(select(PAYMENTS).where(
+                PAYMENTS.c.status.in_(LIVE_PAYMENT), PAYMENTS.c.createdAt < created_before,
+                or_(PAYMENTS.c.checkedAt.is_(None), PAYMENTS.c.checkedAt < checked_before))
+                .order_by(PAYMENTS.c.checkedAt.is_not(None), PAYMENTS.c.checkedAt, PAYMENTS.c.id)
+                .limit(limit)).all())
+
+    def stale_refunds(self, updated_before: datetime, limit: int) -> list[Row]:
+        """Refunds still open (reserved, sent, unknown) and untouched since ``updated_before``."""
+        with self._read() as conn:
+            return list(conn.execute(select(REFUNDS).where(REFUNDS.c.status.in_(OPEN_REFUND),
+                                                           REFUNDS.c.updatedAt < updated_before)
+                                     .order_by(REFUNDS.c.id).limit(limit)).all())
+
+    def expired_pending_orders(self, expired_before: datetime, limit: int) -> list[Row]:
+        """Pending orders whose payment window ended before ``expired_before`` and none of whose trades can still
+        capture money."""
+        live = select(PAYMENTS.c.id).where(PAYMENTS.c.orderId == ORDERS.c.orderId,
+                                           PAYMENTS.c.status.in_(LIVE_PAYMENT)).exists()
+        with self._read() as conn:
+            return list(conn.execute(select(ORDERS).where(ORDERS.c.status == "pending",
+                                                          ORDERS.c.expiresAt < expired_before, ~live)
+                                     .limit(limit)).all())
+
+    def audit_log(self, order_id: str | None = None, kinds: Iterable[str] | None = None) -> list[Row]:
+        """Audit rows, oldest first (for one order, of some kinds)."""
+        statement = select(AUDIT).order_by(AUDIT.c.id)
+        if order_id is not None:
+            statement = statement.where(AUDIT.c.orderId == order_id)
+        if kinds is not None:
+            statement = statement.where(AUDIT.c.kind.in_(list(kinds)))
+        with self._read() as conn:
+            return list(conn.execute(statement).all())
+
+    def audit(self, kind: str, outcome: str, **fields: Any) -> None:
+        """Record what a provider told us (or what we refused), in its own transaction so that it is kept whatever
+        else happens. ``fields`` as for :func:`audit_values`."""
+        self.ensure_schema()
+        with self.engine.begin() as conn:
+            conn.execute(AUDIT.insert().values(**audit_values(kind, outcome, **fields)))
+
+    # -- orders -------------------------------------------------------------------------------------------------------
+    def create_order(self, values: dict[str, Any]) -> tuple[Row, bool]:
+        """Insert a new order and announce it (``jit_order_created``); ``(existing order, False)`` if the orderId
+        is taken."""
+        try:
+            with self._write() as tx:
+                tx.conn.execute(ORDERS.insert().values(**values))
+                row = self._order(tx.conn, values["orderId"])
+                assert row is not None
+                self._publish(tx, "jit_order_created", row.orderId, order=self.order_dict(row))
+            return row, True
+        except IntegrityError:
+            existing = self.order(values["orderId"])
+            if existing is None:  # pragma: no cover - the insert failed for another reason
+                raise
+            return existing, False
+
+    def close_order(self, order_id: str, audit: Audit, outcome: str = "pending->closed") -> bool:
+        """Move a pending order to ``closed`` (from then on no trade of it is accepted, and ``getPayUrl`` refuses
+        it), announce it and enqueue closing its trades at every provider it has one with. True if this call
+        closed it."""
+        with self._write() as tx:
+            moved = tx.conn.execute(update(ORDERS).where(ORDERS.c.orderId == order_id, ORDERS.c.status == "pending")
+                                    .values(status="closed", updatedAt=utcnow())).rowcount == 1
+            if not moved:
+                return False
+            self._audit(tx, audit.values(outcome, order_id))
+            providers = tx.conn.execute(select(PAYMENTS.c.provider).distinct().where(
+                PAYMENTS.c.orderId == order_id, PAYMENTS.c.status.in_(LIVE_PAYMENT))).scalars().all()
+            for provider in sorted(providers):
+                self._enqueue(tx, JOB_CLOSE_TRADES, {"orderId": order_id, "provider": provider},
+                              dedupeKey=f"close:{order_id}:{provider}", run_now=True)
+            row = self._order(tx.conn, order_id)
+            self._publish(tx, "jit_order_closed", order_id, order=self.order_dict(row))
+        return True
+
+    # -- payments -----------------------------------------------------------------------------------------------------
+    def record_prepared(self, order_id: str, *, provider: str, providerName: str, payType: str, reference: str,
+                        amountFen: int, payUrl: str, qrCode: str | None,
+                        expiresAt: datetime | None) -> tuple[Row, bool]:
+        """Record a trade handed to the buyer, and whether the order was still ``pending`` when it was recorded
+        (checked and held in the same transaction, so a ``close`` cannot slip in between). If it was not, the trade
+        is recorded all the same (so the sweep watches it) and a job closes it; the caller refuses the pay URL."""
+        now = utcnow()
+        with self._write() as tx:
+            pending = tx.conn.execute(update(ORDERS).where(ORDERS.c.orderId == order_id,
+                                                           ORDERS.c.status == "pending")
+                                      .values(updatedAt=now)).rowcount == 1
+            offer = {"payType": payType, "payUrl": payUrl if pending else None, "qrCode": qrCode if pending else None,
+                     "expiresAt": expiresAt, "updatedAt": now}
+            payment = self._insert_payment(tx.conn, {
+                "orderId": order_id, "provider": provider, "providerName": providerName, "reference": reference,
+                "amountFen": amountFen, "status": "prepared", "reservedFen": 0, "refundedFen": 0, "createdAt": now,
+                **offer})
+            payment_id = payment.id
+            if payment.status == "prepared":
+                tx.conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == payment_id).values(**offer))
+            if not pending:
+                self._enqueue(tx, JOB_CLOSE_TRADES, {"orderId": order_id, "provider": provider},
+                              dedupeKey=f"close:{order_id}:{provider}", run_now=True)
+            payment = self._payment(tx.conn, payment_id)
+            assert payment is not None
+            return payment, pending
+
+    def _find_or_add_payment(self, tx: _Tx, order: Row, provider: str, providerName: str, reference: str,
+                             tradeNo: str | None) -> Row:
+        """The payment a provider's report is about: by trade number first (a trade already recorded paid, whatever
+        reference it was filed under), then by reference; a trade nobody recorded (a crash between the provider
+        call and the record, or another copy of the app) is added."""
+        conn = tx.conn
+        if tradeNo:
+            known = conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == order.orderId,
+                                                        PAYMENTS.c.provider == provider,
+                                                        PAYMENTS.c.tradeNo == tradeNo)).first()
+            if known is not None:
+                return known
+        row = conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == order.orderId,
+                                                  PAYMENTS.c.provider == provider,
+                                                  PAYMENTS.c.reference == reference)).first()
+        if row is not None and (row.status not in CAPTURED_PAYMENT or not tradeNo or row.tradeNo == tradeNo):
+            return row
+        if row is not None:  # the reference is taken by another captured trade: file this one beside it
+            reference = f"{reference}#{tradeNo}"[:64]
+        now = utcnow()
+        return self._insert_payment(conn, {
+            "orderId": order.orderId, "provider": provider, "providerName": providerName, "payType": "unknown",
+            "reference": reference, "amountFen": order.amountFen, "status": "prepared", "reservedFen": 0,
+            "refundedFen": 0, "createdAt": now, "updatedAt": now})
+
+    def apply_paid(self, order_id: str, *, provider: str, providerName: str, reference: str, tradeNo: str | None,
+                   payTime: datetime | None, audit: Audit) -> PaidOutcome:
+        """A provider reports captured money (the amount already checked against the order). The payment becomes
+        ``paid``; it is the order's accepted payment if the order is still ``pending`` (the order becomes
+        ``success``, ``jit_order_paid`` fires, the order's other trades are closed by jobs), else a surplus
+        (``jit_payment_surplus``, and a full refund by a job unless the app keeps surplus money)."""
+        now = utcnow()
+        with self._write() as tx:
+            conn = tx.conn
+            order = self._order(conn, order_id, lock=True)
+            assert order is not None
+            payment = self._find_or_add_payment(tx, order, provider, providerName, reference, tradeNo)
+            captured = conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == payment.id,
+                                                           PAYMENTS.c.status.in_(LIVE_PAYMENT + ("expired",)))
+                                    .values(status="paid", tradeNo=tradeNo, paidAt=as_utc(payTime) or now,
+                                            updatedAt=now, checkedAt=now)).rowcount == 1
+            if not captured:
+                self._audit(tx, audit.values("unchanged", order_id, message="already processed"))
+                return PaidOutcome("known", payment, order)
+            accepted = conn.execute(update(ORDERS).where(ORDERS.c.orderId == order_id, ORDERS.c.status == "pending")
+                                    .values(status="success", paymentId=payment.id, provider=provider,
+                                            tradeNo=tradeNo, payTime=as_utc(payTime) or now, updatedAt=now)
+                                    ).rowcount == 1
+            role = "accepted" if accepted else "surplus"
+            conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == payment.id).values(role=role))
+            payment = self._payment(conn, payment.id)
+            order = self._order(conn, order_id)
+            assert payment is not None and order is not None
+            order_view = self.order_dict(order)
+            if accepted:
+                self._audit(tx, audit.values("pending->success", order_id))
+                self._publish(tx, "jit_order_paid", order_id, order=order_view)
+                others = conn.execute(select(PAYMENTS.c.provider).distinct().where(
+                    PAYMENTS.c.orderId == order_id, PAYMENTS.c.status.in_(LIVE_PAYMENT))).scalars().all()
+                for other in sorted(set(others) | {provider}):
+                    self._enqueue(tx, JOB_CLOSE_TRADES, {"orderId": order_id, "provider": other},
+                                  dedupeKey=f"close:{order_id}:{other}")
+                return PaidOutcome("accepted", payment, order)
+            message = (f"{provider} trade {tradeNo} captured {payment.amountFen} fen for order {order_id}, which is "
+                       f"{order.status}" + (f" (paid by {order.provider} {order.tradeNo})" if order.tradeNo else "")
+                       + ("; refunding it" if self.surplus == "refund" else "; kept (settings.pays.surplus: keep)"))
+            self._audit(tx, audit.values("surplus", order_id, error_code="SURPLUS_PAYMENT", message=message))
+            self._publish(tx, "jit_payment_surplus", order_id, order=order_view, payment=payment_dict(payment))
+            if self.surplus == "refund":
+                self._reserve(tx, order, payment, refund_id=f"SURPLUS-{payment.id}", fen=payment.amountFen,
+                              reason="surplus payment returned", kind="surplus", retry_now=True)
+            return PaidOutcome("surplus", payment, order)
+
+    def apply_unpaid(self, order_id: str, *, provider: str, providerName: str, reference: str, status: str,
+                     audit: Audit) -> bool:
+        """A provider reports a trade ``closed`` or ``failed``: that payment changes, never the order (the buyer may
+        still pay another way). True if the payment changed."""
+        with self._write() as tx:
+            row = tx.conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == order_id,
+                                                         PAYMENTS.c.provider == provider,
+                                                         PAYMENTS.c.reference == reference)).first()
+            sources = ("prepared",) if status == "closed" else ("prepared", "closed")
+            changed = row is not None and tx.conn.execute(
+                update(PAYMENTS).where(PAYMENTS.c.id == row.id, PAYMENTS.c.status.in_(sources))
+                .values(status=status, updatedAt=utcnow(), checkedAt=utcnow())).rowcount == 1
+            outcome = f"payment {row.status}->{status}" if changed and row is not None else "unchanged"
+            self._audit(tx, audit.values(outcome, order_id, message=None if changed else
+                                         f"{provider} reports the trade {status}"))
+            return changed
+
+    def mark_checked(self, payment_ids: Iterable[int]) -> None:
+        """Note that the providers were just asked about these trades."""
+        ids = list(payment_ids)
+        if ids:
+            with self._write() as tx:
+                tx.conn.execute(update(PAYMENTS).where(PAYMENTS.c.id.in_(ids)).values(checkedAt=utcnow()))
+
+    def expire_payment(self, payment_id: int, audit: Audit) -> bool:
+        """A trade whose order's payment window is over and that captured nothing: no longer asked about."""
+        with self._write() as tx:
+            row = self._payment(tx.conn, payment_id)
+            changed = row is not None and tx.conn.execute(
+                update(PAYMENTS).where(PAYMENTS.c.id == payment_id, PAYMENTS.c.status.in_(LIVE_PAYMENT))
+                .values(status="expired", updatedAt=utcnow(), checkedAt=utcnow())).rowcount == 1
+            if changed and row is not None:
+                self._audit(tx, audit.values(f"payment {row.status}->expired", row.orderId))
+            return changed
+
+    # -- refunds ------------------------------------------------------------------------------------------------------
+    def _reserve(self, tx: _Tx, order: Row, payment: Row, *, refund_id: str, fen: int, reason: str | None,
+                 kind: str, retry_now: bool) -> Row | None:
+        conn = tx.conn
+        counted = conn.execute(update(PAYMENTS).where(
+            PAYMENTS.c.id == payment.id, PAYMENTS.c.status == "paid",
+            PAYMENTS.c.reservedFen + fen <= PAYMENTS.c.amountFen)
+            .values(reservedFen=PAYMENTS.c.reservedFen + fen, updatedAt=utcnow())).rowcount == 1
+        if not counted:
+            return None
+        now = utcnow()
+        result = conn.execute(REFUNDS.insert().values(
+            orderId=order.orderId, paymentId=payment.id, refundId=refund_id, amountFen=fen, status="reserved",
+            kind=kind, provider=payment.provider, reason=reason, createdAt=now, updatedAt=now))
+        row_id = result.inserted_primary_key[0]
+        # the job finishes the refund if the caller dies or gets no definite answer (or, for a surplus, does it);
+        # should the caller still be waiting for the provider then, the same id is simply sent twice
+        self._enqueue(tx, JOB_REFUND, {"refund": row_id}, delay=0 if retry_now else REFUND_FOLLOW_UP,
+                      dedupeKey=f"refund:{row_id}")
+        return self._refund(conn, row_id)
+
+    def reserve_refund(self, order_id: str, payment_id: int, *, refund_id: str, fen: int, reason: str | None,
+                       kind: str = "merchant") -> Row | None:
+        """Count a new refund of ``fen`` against the payment (one conditional UPDATE keeps the payment's refunds
+        within what it captured, whatever runs concurrently) and record it ``reserved``, with a job that finishes it
+        should the caller die. A merchant refund needs the order ``success``. None if it does not fit (or the order
+        is not refundable)."""
+        with self._write() as tx:
+            order = self._order(tx.conn, order_id)
+            payment = self._payment(tx.conn, payment_id)
+            if order is None or payment is None:
+                return None
+            if kind == "merchant" and tx.conn.execute(update(ORDERS).where(
+                    ORDERS.c.orderId == order_id, ORDERS.c.status == "success",
+                    ORDERS.c.paymentId == payment_id).values(updatedAt=utcnow())).rowcount != 1:
+                return None
+            try:
+                with tx.conn.begin_nested():
+                    return self._reserve(tx, order, payment, refund_id=refund_id, fen=fen, reason=reason, kind=kind,
+                                         retry_now=False)
+            except IntegrityError:  # the same refundId raced in
+                return None
+
+    def reopen_refund(self, refund_row_id: int) -> Row | None:
+        """A refused refund tried again with the same id: reserved again if it still fits. None if not."""
+        try:
+            with self._write() as tx:
+                refund = self._refund(tx.conn, refund_row_id)
+                if refund is None or refund.status != "refused":
+                    return refund
+                if tx.conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status == "refused")
+                                   .values(status="reserved", updatedAt=utcnow())).rowcount != 1:
+                    return self._refund(tx.conn, refund.id)
+                if tx.conn.execute(update(PAYMENTS).where(
+                        PAYMENTS.c.id == refund.paymentId, PAYMENTS.c.status == "paid",
+                        PAYMENTS.c.reservedFen + refund.amountFen <= PAYMENTS.c.amountFen)
+                        .values(reservedFen=PAYMENTS.c.reservedFen + refund.amountFen,
+                                updatedAt=utcnow())).rowcount != 1:
+                    raise _NoRoom
+                self._enqueue(tx, JOB_REFUND, {"refund": refund.id}, delay=REFUND_FOLLOW_UP,
+                          dedupeKey=f"refund:{refund.id}")
+                return self._refund(tx.conn, refund.id)
+        except _NoRoom:
+            return None
+
+    def refund_sent(self, refund_row_id: int) -> bool:
+        """Note that the refund is about to go to the provider (from reserved or unknown). False if it is final."""
+        with self._write() as tx:
+            return tx.conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund_row_id,
+                                                         REFUNDS.c.status.in_(OPEN_REFUND))
+                                   .values(status="sent", updatedAt=utcnow())).rowcount == 1
+
+    def confirm_refund(self, refund_row_id: int, refund_no: str | None, audit: Audit) -> Row:
+        """The provider refunded: the refund is ``confirmed`` and counts (on the payment; on the order when it is
+        the accepted payment, which becomes ``refunded`` once fully refunded). Announced as ``jit_order_refunded``
+        (a merchant refund) or ``jit_surplus_refunded``. Confirming twice changes nothing."""
+        now = utcnow()
+        with self._write() as tx:
+            conn = tx.conn
+            refund = self._refund(conn, refund_row_id)
+            assert refund is not None
+            self._order(conn, refund.orderId, lock=True)
+            moved = conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status.in_(OPEN_REFUND))
+                                 .values(status="confirmed", refundNo=refund_no, errorCode=None, errorMessage=None,
+                                         updatedAt=now)).rowcount == 1
+            if not moved:
+                return refund
+            conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == refund.paymentId)
+                         .values(refundedFen=PAYMENTS.c.refundedFen + refund.amountFen, updatedAt=now))
+            conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == refund.paymentId, PAYMENTS.c.status == "paid",
+                                                PAYMENTS.c.refundedFen >= PAYMENTS.c.amountFen)
+                         .values(status="refunded"))
+            order = self._order(conn, refund.orderId)
+            assert order is not None
+            accepted = order.paymentId == refund.paymentId
+            outcome = "refunded"
+            if accepted:
+                conn.execute(update(ORDERS).where(ORDERS.c.orderId == order.orderId)
+                             .values(refundedFen=ORDERS.c.refundedFen + refund.amountFen, updatedAt=now))
+                if conn.execute(update(ORDERS).where(ORDERS.c.orderId == order.orderId,
+                                                     ORDERS.c.status == "success",
+                                                     ORDERS.c.refundedFen >= ORDERS.c.amountFen)
+                                .values(status="refunded")).rowcount == 1:
+                    outcome = "success->refunded"
+            refund = self._refund(conn, refund.id)
+            order = self._order(conn, refund.orderId)
+            payment = self._payment(conn, refund.paymentId)
+            assert refund is not None and order is not None and payment is not None
+            self._audit(tx, audit.values(outcome, order.orderId))
+            if accepted:
+                self._publish(tx, "jit_order_refunded", order.orderId, order=self.order_dict(order),
+                              refund=refund_dict(refund))
+            else:
+                self._publish(tx, "jit_surplus_refunded", order.orderId, order=self.order_dict(order),
+                              payment=payment_dict(payment), refund=refund_dict(refund))
+            return refund
+
+    def refuse_refund(self, refund_row_id: int, code: str, message: str, audit: Audit) -> Row:
+        """The provider definitely did not refund: the reservation is released."""
+        with self._write() as tx:
+            refund = self._refund(tx.conn, refund_row_id)
+            assert refund is not None
+            if tx.conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status.in_(OPEN_REFUND))
+                               .values(status="refused", errorCode=code[:64], errorMessage=storable_text(message),
+                                       updatedAt=utcnow())).rowcount == 1:
+                tx.conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == refund.paymentId)
+                                .values(reservedFen=PAYMENTS.c.reservedFen - refund.amountFen, updatedAt=utcnow()))
+                self._audit(tx, audit.values("refused", refund.orderId, error_code=code, message=message))
+            found = self._refund(tx.conn, refund.id)
+            assert found is not None
+            return found
+
+    def refund_unknown(self, refund_row_id: int, code: str, message: str, audit: Audit, retry_in: float) -> Row:
+        """Whether the provider refunded is unknown: the refund stays counted, and its job asks again with the same
+        id (the one enqueued with the reservation, or a new one due in ``retry_in`` seconds)."""
+        with self._write() as tx:
+            refund = self._refund(tx.conn, refund_row_id)
+            assert refund is not None
+            if tx.conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status.in_(OPEN_REFUND))
+                               .values(status="unknown", errorCode=code[:64], errorMessage=storable_text(message),
+                                       updatedAt=utcnow())).rowcount == 1:
+                self._audit(tx, audit.values("outcome-unknown", refund.orderId, error_code=code, message=message))
+                self._enqueue(tx, JOB_REFUND, {"refund": refund.id}, delay=retry_in, dedupeKey=f"refund:{refund.id}")
+            found = self._refund(tx.conn, refund.id)
+            assert found is not None
+            return found
+
+    # -- the money rule -----------------------------------------------------------------------------------------------
+    def money_check(self, order_id: str) -> tuple[int, int]:
+        """``(net captured, expected)`` in fen for one order: what the providers captured minus confirmed refunds,
+        and what that should be (``amount - refundedAmount`` if the order is paid, else 0). Equal once the jobs are
+        drained."""
+        with self._read() as conn:
+            order = self._order(conn, order_id)
+            assert order is not None
+            captured = conn.execute(select(func.coalesce(func.sum(PAYMENTS.c.amountFen), 0)).where(
+                PAYMENTS.c.orderId == order_id, PAYMENTS.c.status.in_(CAPTURED_PAYMENT))).scalar_one()
+            refunded = conn.execute(select(func.coalesce(func.sum(REFUNDS.c.amountFen), 0)).where(
+                REFUNDS.c.orderId == order_id, REFUNDS.c.status == "confirmed")).scalar_one()
+        expected = order.amountFen - order.refundedFen if order.status in PAID_ORDER else 0
+        return int(captured) - int(refunded), expected
+
+
+def payment_dict(payment: Row) -> dict[str, Any]:
+    """The public view of a payment."""
+    from elements.pays.money import from_fen
+
+    return {"paymentId": payment.id, "fullName": payment.provider, "payType": payment.payType,
+            "reference": payment.reference, "tradeNo": payment.tradeNo, "amount": from_fen(payment.amountFen),
+            "status": payment.status, "role": payment.role, "accepted": payment.role == "accepted",
+            "refundedAmount": from_fen(payment.refundedFen), "paidAt": as_utc(payment.paidAt),
+            "createdAt": as_utc(payment.createdAt)}
+
+
+def refund_dict(refund: Row) -> dict[str, Any]:
+    """The public view of a refund."""
+    from elements.pays.money import from_fen
+
+    return {"orderId": refund.orderId, "refundId": refund.refundId, "paymentId": refund.paymentId,
+            "amount": from_fen(refund.amountFen), "status": refund.status, "kind": refund.kind,
+            "refundNo": refund.refundNo, "reason": refund.reason,
+            "error": ({"code": refund.errorCode, "message": refund.errorMessage} if refund.errorCode else None),
+            "createdAt": as_utc(refund.createdAt)}
