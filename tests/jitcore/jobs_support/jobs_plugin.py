@@ -2,8 +2,9 @@
 event implementation tagged "a".
 
 Behaviour is steered by ``app.settings["jobtest"]``: ``failFirst`` (tags of event implementations that raise on
-their first delivery), ``exitIn`` (the tag of the implementation that kills its process on its first delivery),
-``periodic`` (register the periodic kind ``test.tick`` with ``every`` = that many seconds).
+their first delivery), ``periodic`` (register the periodic kind ``test.tick`` with ``every`` = that many seconds);
+and by the environment variable ``JOBTEST_EXIT_IN``: the tag of the implementation that ends its process with
+``os._exit(17)`` on a first delivery.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def deliver(app: Any, tag: str, thing: dict[str, Any], event: dict[str, Any] | N
     """An event implementation: fail or exit on the first delivery when the settings say so, else record it."""
     settings = app.settings["jobtest"]
     attempt = event["attempt"] if event else None
-    if attempt == 1 and settings.get("exitIn") == tag:
+    if attempt == 1 and os.environ.get("JOBTEST_EXIT_IN") == tag:
         record(app, impl=tag, outcome="exiting", attempt=attempt, eventId=event["id"])
         os._exit(17)
     if attempt == 1 and tag in settings.get("failFirst", []):
