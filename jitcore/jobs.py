@@ -751,6 +751,8 @@ class JobQueue:
             return
         stop.set()
         self._wakeup.set()
+        if thread is threading.current_thread():
+            return  # stopped from inside a job (e.g. a handler closed the app): the loop ends after it
         thread.join(timeout)
         if thread.is_alive():
             log.warning("the job runner did not stop within %.0f s; the lease of its job will expire", timeout)
@@ -829,8 +831,8 @@ def _row_dict(row: Any) -> dict[str, Any]:
         data[key] = _aware(data[key])
     try:
         data["payload"] = _loads(data["payload"])
-    except ValueError:
-        pass  # shown as stored
+    except Exception:
+        pass  # not readable: shown as stored
     return data
 
 
