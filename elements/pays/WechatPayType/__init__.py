@@ -25,12 +25,12 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
 from elements.pays.errors import (AmountInvalid, NotifyInvalid, OrderIdInvalid, ProviderError, RefundInvalid,
-                                  SignatureInvalid, UnsupportedPayType)
+                                  SignatureInvalid, SubjectInvalid, UnsupportedPayType)
 from elements.pays.Meta import NotifyReply, OrderView, PaymentPrep, PayProvider, RefundResult, TradeState
 
 from .api import WechatApi, client_ssl_context
 from .config import WechatConfig, read_config
-from .signing import verify_sign
+from .signing import strip_edges, verify_sign
 from .wirexml import NOTIFY_MAX_BYTES, XmlRejected, build_cdata_xml, parse_xml
 
 __all__ = ["WechatPayType", "yuan_to_fen", "fen_to_yuan", "cut_utf8", "parse_time_end", "mweb_out_trade_no",
@@ -47,6 +47,9 @@ MWEB_VALIDITY = timedelta(minutes=5)
 MWEB_MARGIN = timedelta(minutes=1)
 
 _OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-|*]{1,32}$")
+_CANONICAL_FEN = re.compile(r"^(0|[1-9][0-9]*)$")
+#: the only currency JitPay's amounts are in (WeChat's ``fee_type``)
+CURRENCY = "CNY"
 #: The start of every MWEB ``out_trade_no`` (see :func:`mweb_out_trade_no`); order ids may not start with it.
 MWEB_PREFIX = "H-"
 _MWEB_DOMAIN = b"jitpay/wechat/MWEB/out_trade_no\x00"
@@ -79,10 +82,11 @@ def yuan_to_fen(amount: Decimal) -> int:
 
 
 def fen_to_yuan(fen: str | int) -> Decimal:
-    """Integer fen (as WeChat writes it, e.g. ``"9999"``) → ``Decimal`` yuan with two places (``99.99``).
-    Raises ``ValueError`` for anything but a non-negative integer."""
+    """Integer fen as WeChat writes it (plain ASCII digits, no sign, no leading zero, no spaces: ``"9999"``) →
+    ``Decimal`` yuan with two places (``99.99``). Raises ``ValueError`` for any other text, even one that means the
+    same number (``"09999"``, ``" 9999"``)."""
     text = str(fen)
-    if not text.isdigit() or not text.isascii():
+    if not _CANONICAL_FEN.match(text):
         raise ValueError(f"not an amount in fen: {fen!r}")
     return (Decimal(int(text)) / 100).quantize(Decimal("0.01"))
 
@@ -173,12 +177,16 @@ class WechatPayType(PayProvider):
         refs = self._out_trade_nos(order)
         trade_type = "NATIVE" if payType == "pc" else "MWEB"
         out_trade_no = refs[trade_type]
+        # never a value with whitespace at an end (WeChat trims before it checks the signature); cut, then trim again
+        body = strip_edges(cut_utf8(strip_edges(order.subject), 128))
+        if not body:
+            raise SubjectInvalid("the subject is empty once trimmed; WeChat Pay needs a body")
         fields: dict[str, Any] = {
-            "body": cut_utf8(order.subject, 128),
+            "body": body,
             "out_trade_no": out_trade_no,
             "total_fee": yuan_to_fen(order.amount),
-            "fee_type": "CNY",
-            "spbill_create_ip": clientIp or self.settings.spbillCreateIp,
+            "fee_type": CURRENCY,
+            "spbill_create_ip": strip_edges(clientIp or "") or self.settings.spbillCreateIp,
             "notify_url": self.settings.notifyUrl,
             "attach": order.orderId,
         }
@@ -351,8 +359,8 @@ class WechatPayType(PayProvider):
             "out_refund_no": refundId,
             "total_fee": yuan_to_fen(order.amount),
             "refund_fee": yuan_to_fen(amount),
-            "refund_fee_type": "CNY",
-            "refund_desc": cut_utf8(reason, 80) if reason else None,
+            "refund_fee_type": CURRENCY,
+            "refund_desc": strip_edges(cut_utf8(strip_edges(reason), 80)) if reason else None,
         }
         answer = self.api.call("secapi/pay/refund", fields, use_cert=True)
         other_transaction = order.tradeNo and answer.get("transaction_id") not in (None, "", order.tradeNo)
@@ -381,10 +389,12 @@ class WechatPayType(PayProvider):
             raise NotifyInvalid(f"WeChat Pay notification rejected: {exc}") from None
 
     def verify_notify(self, fields: Mapping[str, Any]) -> TradeState:
-        """Verify a payment notification: the signature over every received field (``SignatureInvalid``), then
-        ``return_code``, ``appid`` and ``mch_id`` (``NotifyInvalid``). ``result_code=FAIL`` reports ``failed``;
-        ``SUCCESS`` reports ``success`` with ``transaction_id``, ``total_fee`` as yuan and ``time_end``. Checking
-        the amount against the order is the caller's job.
+        """Verify a payment notification: the signature over every received field with the configured ``signType``
+        (a notification signed another way is ``SignatureInvalid``, whatever its signature's length), then
+        ``return_code``, ``appid``, ``mch_id`` and ``fee_type`` (``CNY`` when present) (``NotifyInvalid``).
+        ``result_code=FAIL`` reports ``failed``; ``SUCCESS`` reports ``success`` with ``transaction_id``,
+        ``total_fee`` (plain digits, nothing else) as yuan and ``time_end``. Checking the amount against the order
+        is the caller's job.
 
         The order: ``attach`` when ``out_trade_no`` is one of the references derived from it (the order id itself
         for NATIVE, :func:`mweb_out_trade_no` for MWEB), recomputed here, never taken on trust. Otherwise an MWEB
@@ -395,14 +405,22 @@ class WechatPayType(PayProvider):
             raise NotifyInvalid("WeChat Pay notification fields must all be text")
         if not fields.get("sign"):
             raise SignatureInvalid("WeChat Pay notification carries no signature")
-        if not verify_sign(fields, self.settings.apiKey):
-            raise SignatureInvalid("WeChat Pay notification signature does not verify")
+        sign_type = self.settings.signType
+        if fields.get("sign_type") not in (None, "", sign_type):
+            raise SignatureInvalid(f"WeChat Pay notification declares sign_type {fields.get('sign_type')!r}; this "
+                                   f"merchant is configured for {sign_type}")
+        if not verify_sign(fields, self.settings.apiKey, sign_type):
+            raise SignatureInvalid(f"WeChat Pay notification signature does not verify ({sign_type}, the configured "
+                                   f"signType)")
         if fields.get("return_code") != "SUCCESS":
             raise NotifyInvalid(f"WeChat Pay notification has return_code {fields.get('return_code')!r}")
         if fields.get("appid") != self.settings.appId:
             raise NotifyInvalid(f"WeChat Pay notification is for appid {fields.get('appid')!r}, not ours")
         if fields.get("mch_id") != self.settings.mchId:
             raise NotifyInvalid(f"WeChat Pay notification is for mch_id {fields.get('mch_id')!r}, not ours")
+        if fields.get("fee_type") not in (None, "", CURRENCY):
+            raise NotifyInvalid(f"WeChat Pay notification is in fee_type {fields.get('fee_type')[:16]!r}, not "
+                                f"{CURRENCY}", details={"fee_type": fields.get("fee_type")[:16]})
         out_trade_no = fields.get("out_trade_no") or ""
         orderId = self._notified_order_id(out_trade_no, fields.get("attach") or "")
         if fields.get("result_code") != "SUCCESS":
@@ -452,6 +470,9 @@ class WechatPayType(PayProvider):
             # the MWEB reference is joined to the order only through attach, as in notifications
             raise ProviderError(f"WeChat Pay orderquery of {out_trade_no} answered about another order (attach "
                                 f"{answer.get('attach', '')[:64]!r})", provider_code="INVALID_RESPONSE")
+        if answer.get("fee_type") not in (None, "", CURRENCY):
+            raise ProviderError(f"WeChat Pay orderquery answered in fee_type {answer.get('fee_type', '')[:16]!r}, not "
+                                f"{CURRENCY}", provider_code="INVALID_RESPONSE")
         trade_state = answer.get("trade_state", "")
         status = _TRADE_STATES.get(trade_state)
         if status is None:

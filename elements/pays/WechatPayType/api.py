@@ -18,8 +18,9 @@ from typing import Any, Collection, Mapping
 import httpx
 
 from elements.pays.errors import ProviderError
+from jitcore.errors import ArgumentError
 
-from .signing import calculate_sign, verify_sign
+from .signing import calculate_sign, has_edge_whitespace, verify_sign
 from .wirexml import XmlRejected, build_xml, parse_xml
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,19 @@ class WechatApi:
 
     def signed_request(self, fields: Mapping[str, Any]) -> dict[str, str]:
         """The complete request for ``fields``: ``appid``, ``mch_id``, ``nonce_str``, ``sign_type`` (for
-        HMAC-SHA256) and ``sign`` added; ``None`` values dropped; every value text."""
+        HMAC-SHA256) and ``sign`` added; ``None`` and empty values dropped (WeChat would not sign them either); every
+        value text. A value with whitespace at either end is refused (``ArgumentError``) rather than sent: WeChat
+        trims values before checking the signature, so what it computes would depend on how it trims; the provider
+        trims free text (``body``, ``refund_desc``, the client IP) before it gets here."""
         payload: dict[str, str] = {"appid": self.appId, "mch_id": self.mchId, "nonce_str": nonce_str()}
-        payload.update({k: str(v) for k, v in fields.items() if v is not None})
+        for key, value in fields.items():
+            text = "" if value is None else str(value)
+            if text == "":
+                continue
+            if has_edge_whitespace(text):
+                raise ArgumentError(f"WeChat Pay field {key} would be sent with whitespace at its start or end; "
+                                    f"trim it first", details={"field": key})
+            payload[key] = text
         if self.signType != "MD5":
             payload["sign_type"] = self.signType
         payload.pop("sign", None)
@@ -106,7 +117,7 @@ class WechatApi:
             message = answer.get("return_msg") or ""
             raise ProviderError(f"WeChat Pay refused {path}: {message or return_code or 'no return_code'}",
                                 provider_code=return_code or "INVALID_RESPONSE", provider_message=message or None)
-        if not verify_sign(answer, self.apiKey):
+        if not verify_sign(answer, self.apiKey, self.signType):
             log.warning("WeChat Pay %s: response signature does not verify", path)
             raise ProviderError(f"the signature of WeChat Pay's answer to {path} does not verify; the answer was "
                                 f"ignored (check apiKey, or whether something between us and WeChat alters answers)",

@@ -1,25 +1,64 @@
-"""WeChat Pay v2 signatures (the "安全规范" of the v2 API).
+"""WeChat Pay v2 signatures (the "安全规范" of the v2 API), by the rule of WeChat's official SDKs.
 
-The string to sign is every field with a non-empty value except ``sign`` itself, sorted by field name (byte order),
-joined as ``k=v`` with ``&``, followed by ``&key=<API key>``. ``MD5`` signs it with MD5, ``HMAC-SHA256`` with
-HMAC-SHA256 keyed by the API key; either way the result is upper-case hex. Verification uses every field received,
-known or not, so a field WeChat adds later is still covered.
+The string to sign is every field except ``sign`` itself, each value *trimmed*, those empty after trimming left out,
+sorted by field name (byte order), joined as ``k=v`` with ``&``, followed by ``&key=<API key>``. ``MD5`` signs it with
+MD5, ``HMAC-SHA256`` with HMAC-SHA256 keyed by the API key; either way the result is upper-case hex. Verification uses
+every field received, known or not, so a field WeChat adds later is still covered, and always the merchant's
+configured algorithm: a signature never chooses its own.
+
+Trimming is Java's ``String.trim()``, as in ``WXPayUtil.generateSignature`` of WeChat's Java SDK (whose server side
+signs the same way): every character up to U+0020 (space and the ASCII control characters) comes off both ends, and
+nothing else (not U+3000 nor U+00A0). JitPay never *sends* a value with whitespace at either end by any definition
+(:func:`has_edge_whitespace`), so what it signs is what WeChat computes whichever way WeChat trims.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any, Literal, Mapping
 
 SignType = Literal["MD5", "HMAC-SHA256"]
 SIGN_TYPES: tuple[SignType, ...] = ("MD5", "HMAC-SHA256")
 
+#: whitespace at an end of a value, by Python's definition (Unicode) and Java's ``trim`` (up to U+0020)
+_EDGE = re.compile(r"^[\s\x00-\x20]|[\s\x00-\x20]$")
+_EDGES = re.compile(r"^[\s\x00-\x20]+|[\s\x00-\x20]+$")
+
+
+def java_trim(value: str) -> str:
+    """``value`` without the characters up to U+0020 at either end (Java's ``String.trim()``)."""
+    start, end = 0, len(value)
+    while start < end and value[start] <= " ":
+        start += 1
+    while end > start and value[end - 1] <= " ":
+        end -= 1
+    return value[start:end]
+
+
+def has_edge_whitespace(value: str) -> bool:
+    """True if ``value`` starts or ends with whitespace (Unicode) or an ASCII control character."""
+    return bool(_EDGE.search(value))
+
+
+def strip_edges(value: str) -> str:
+    """``value`` without whitespace (Unicode) or ASCII control characters at either end: safe to send."""
+    return _EDGES.sub("", value)
+
 
 def string_to_sign(fields: Mapping[str, Any], api_key: str) -> str:
-    """The exact string WeChat Pay signs for ``fields`` (empty values and ``sign`` left out, ``&key=`` appended)."""
-    items = sorted((k, v) for k, v in fields.items() if k != "sign" and v is not None and str(v) != "")
-    return "&".join(f"{k}={v}" for k, v in items) + f"&key={api_key}"
+    """The exact string WeChat Pay signs for ``fields`` (values trimmed, empty ones and ``sign`` left out, ``&key=``
+    appended)."""
+    items = []
+    for key in sorted(fields):
+        value = fields[key]
+        if key == "sign" or value is None:
+            continue
+        trimmed = java_trim(str(value))
+        if trimmed:
+            items.append(f"{key}={trimmed}")
+    return "&".join(items) + f"&key={api_key}"
 
 
 def calculate_sign(fields: Mapping[str, Any], api_key: str, sign_type: str = "MD5") -> str:
@@ -32,27 +71,17 @@ def calculate_sign(fields: Mapping[str, Any], api_key: str, sign_type: str = "MD
     raise ValueError(f"unknown WeChat Pay sign type {sign_type!r} (use MD5 or HMAC-SHA256)")
 
 
-def sign_type_for(sign: str, declared: str | None = None) -> str | None:
-    """Which algorithm a received ``sign`` was made with. The length decides (32 hex digits: MD5, 64: HMAC-SHA256),
-    which is how a notification, which carries no ``sign_type``, is read whatever the configured type; a declared
-    ``sign_type`` must agree with it. ``None`` when the length fits no algorithm or contradicts the declaration."""
-    by_length = {32: "MD5", 64: "HMAC-SHA256"}.get(len(sign))
-    if declared is not None and declared != by_length:
-        return None
-    return by_length
-
-
-def verify_sign(fields: Mapping[str, Any], api_key: str) -> bool:
-    """True if ``fields["sign"]`` is the signature of all the other fields. Constant-time comparison; a missing
-    sign, an unknown ``sign_type`` or a signature of the wrong length is simply ``False``."""
+def verify_sign(fields: Mapping[str, Any], api_key: str, sign_type: str) -> bool:
+    """True if ``fields["sign"]`` is the ``sign_type`` signature (the merchant's configured algorithm) of all the other
+    fields. A ``sign_type`` field, when present, must name that same algorithm. Constant-time comparison; a missing
+    sign, another algorithm (whatever the signature's length) or an unknown ``sign_type`` is simply ``False``."""
+    if sign_type not in SIGN_TYPES:
+        raise ValueError(f"unknown WeChat Pay sign type {sign_type!r} (use MD5 or HMAC-SHA256)")
     sign = fields.get("sign")
     if not isinstance(sign, str) or not sign:
         return False
     declared = fields.get("sign_type")
-    if declared is not None and not isinstance(declared, str):
-        return False
-    sign_type = sign_type_for(sign, declared or None)
-    if sign_type is None:
+    if declared not in (None, "") and declared != sign_type:
         return False
     expected = calculate_sign(fields, api_key, sign_type)
     return hmac.compare_digest(expected.encode("ascii"), sign.upper().encode("utf-8", "replace"))

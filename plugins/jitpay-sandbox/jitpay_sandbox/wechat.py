@@ -1,7 +1,8 @@
 """A local simulator of the WeChat Pay merchant API v2, served under ``/sandbox/wechat/``.
 
 It answers what the real API answers, the way it answers it: XML in and out, request signatures checked (MD5 or
-HMAC-SHA256, as the request's ``sign_type`` says) and ``FAIL``/``签名错误`` on a bad one, answers signed with the
+HMAC-SHA256, as the request's ``sign_type`` says; values trimmed as WeChat's official SDKs and server do, so a value
+sent with whitespace at an end but signed untrimmed fails) and ``FAIL``/``签名错误`` on a bad one, answers signed with the
 request's sign type, WeChat's trade states, its refusal of a reused ``out_trade_no`` with other parameters ("201
 商户订单号重复", e.g. NATIVE then MWEB for one ``out_trade_no``), ``attach`` echoed in notifications and ``orderquery``
 answers, refunds named by ``out_trade_no`` or ``transaction_id`` (``transaction_id`` first when both are given), and a
@@ -102,8 +103,20 @@ def generate_wechat_key(directory: Path) -> None:
 
 
 # -- signing (written apart from the provider's on purpose: the sandbox checks the client, not itself) ---------------
+def _trimmed(value: str) -> str:
+    """What WeChat signs of a value: Java's ``String.trim()`` (characters up to U+0020 off both ends)."""
+    chars = list(value)
+    while chars and ord(chars[0]) <= 0x20:
+        chars.pop(0)
+    while chars and ord(chars[-1]) <= 0x20:
+        chars.pop()
+    return "".join(chars)
+
+
 def _sign(fields: Mapping[str, str], key: str, sign_type: str) -> str:
-    text = "&".join(f"{k}={fields[k]}" for k in sorted(fields) if k != "sign" and fields[k] != "") + f"&key={key}"
+    """WeChat's rule (``WXPayUtil.generateSignature``): values trimmed, those then empty and ``sign`` left out."""
+    pairs = ((k, _trimmed(fields[k])) for k in sorted(fields) if k != "sign")
+    text = "&".join(f"{k}={v}" for k, v in pairs if v) + f"&key={key}"
     if sign_type == "HMAC-SHA256":
         return hmac.new(key.encode(), text.encode(), hashlib.sha256).hexdigest().upper()
     return hashlib.md5(text.encode()).hexdigest().upper()

@@ -197,10 +197,15 @@ def test_verify_notify_success(app, sign_type) -> None:
     assert state.raw["openid"] == "oUpF8uMEb4qRXf22hE3X68TekukE"
 
 
-def test_verify_notify_reads_the_algorithm_from_the_signature(app) -> None:
-    # Configured HMAC, but an order created under MD5 before the switch still verifies (same key).
+def test_verify_notify_uses_the_configured_algorithm(app) -> None:
+    # Configured HMAC: an MD5-signed notification is refused, however right its MD5 (issue 11, item 3)...
     p = make_provider(app, appId=APP_ID, mchId=MCH_ID, apiKey=KEY, signType="HMAC-SHA256")
-    assert p.verify_notify(paid_notification("MD5")).status == "success"
+    with pytest.raises(SignatureInvalid):
+        p.verify_notify(paid_notification("MD5"))
+    # ...and the other way round
+    md5 = make_provider(app, appId=APP_ID, mchId=MCH_ID, apiKey=KEY, signType="MD5")
+    with pytest.raises(SignatureInvalid):
+        md5.verify_notify(paid_notification("HMAC-SHA256"))
 
 
 def test_verify_notify_result_fail_is_failed(provider) -> None:

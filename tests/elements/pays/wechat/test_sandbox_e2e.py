@@ -232,7 +232,7 @@ def test_sandbox_signs_answers_with_the_request_sign_type(world: SandboxWorld) -
     for sign_type, length in (("MD5", 32), ("HMAC-SHA256", 64)):
         answer = raw_call(world, "pay/orderquery", {"out_trade_no": "nope123"}, sign_type=sign_type)
         assert answer["return_code"] == "SUCCESS" and answer["err_code"] == "ORDERNOTEXIST"
-        assert len(answer["sign"]) == length and verify_sign(answer, world.apiKey)
+        assert len(answer["sign"]) == length and verify_sign(answer, world.apiKey, sign_type)
 
 
 @pytest.mark.parametrize("sign_type", ["MD5", "HMAC-SHA256"])
