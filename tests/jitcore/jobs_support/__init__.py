@@ -68,9 +68,3 @@ def env() -> dict[str, str]:
 def jit(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``jit ARGS`` to completion."""
     return subprocess.run([JIT, *args], cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
-def python(script: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run a Python script in a fresh process to completion."""
-    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
