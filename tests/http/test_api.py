@@ -396,7 +396,7 @@ def test_provider_failure_is_502(provider_down: LiveApp, full_name: str) -> None
         assert_error(provider_down, response, 502, "PROVIDER_ERROR")
         assert query(api, order_id)["status"] == "pending"
         # the failed check is on record
-        store = provider_down.app.loadElement(PAYSVC).store
+        store = provider_down.app.loadElement(PAYSVC).ledger
         assert [row.outcome for row in store.audit_log(order_id, kinds=["check"])] == ["provider-error"]
 
 

@@ -148,9 +148,10 @@ class LiveApp:
 
 
 @contextlib.contextmanager
-def start_live_app(directory: Path, **options: Any) -> Iterator[LiveApp]:
-    """Write an app YAML into ``directory`` (keys in ``directory/.sandbox``), load it and serve it. Options go to
-    :func:`sandbox_app_config`."""
+def start_live_app(directory: Path, *, run_jobs: bool = True, **options: Any) -> Iterator[LiveApp]:
+    """Write an app YAML into ``directory`` (keys in ``directory/.sandbox``), load it and serve it, with the app's
+    job runner in the background as ``jit serve`` has it (unless ``run_jobs`` is false: the test then runs the jobs
+    itself). Options go to :func:`sandbox_app_config`."""
     generate_sandbox_keys(directory / ".sandbox")
     sock = bind_loopback()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -159,10 +160,12 @@ def start_live_app(directory: Path, **options: Any) -> Iterator[LiveApp]:
     app = jitcore.load_app(yaml_path)
     server = ServerThread(build_asgi_app(app), sock)
     server.start()
+    if run_jobs:
+        app.jobs.start()
     try:
         yield LiveApp(app, url, yaml_path)
     finally:
-        app.close()  # first: background work (settling paid orders) may still talk to the sandbox
+        app.close()  # first: the job runner may still talk to the sandbox
         server.stop()
 
 

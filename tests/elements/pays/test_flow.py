@@ -65,8 +65,8 @@ def test_refund_and_close_through_the_sandbox(live: LiveApp) -> None:
         url = pay_service.getPayUrl(orderId=order["orderId"], fullName=full_name, payType="pc")
         pay_in_wallet(url["payUrl"])
         wait_for(lambda: pay_service.query(orderId=order["orderId"])["status"] == "success")
-        assert pay_service.refund(orderId=order["orderId"], amount="5.00", refundId="RF1")["status"] == "success"
-        assert pay_service.refund(orderId=order["orderId"], amount="5.00", refundId="RF1")["status"] == "success"
+        assert pay_service.refund(orderId=order["orderId"], amount="5.00", refundId="RF1")["status"] == "confirmed"
+        assert pay_service.refund(orderId=order["orderId"], amount="5.00", refundId="RF1")["status"] == "confirmed"
         pay_service.refund(orderId=order["orderId"], refundId="RF2")
         assert pay_service.query(orderId=order["orderId"])["status"] == "refunded"
 
