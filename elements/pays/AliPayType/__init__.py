@@ -17,6 +17,7 @@ Configuration (``self.config``, checked at load by :meth:`AliPayType.jit_setup`)
     optional: where the buyer's browser goes after paying (``mobile``/``page``).
 ``sellerId``
     optional: the merchant's Alipay user id (``2088...``); when set, notifications for another seller are refused.
+    Without it a warning at load explains the risk.
 ``timeout``
     seconds per gateway call (default 10).
 ``payTimeoutMinutes``
@@ -27,6 +28,7 @@ Configuration (``self.config``, checked at load by :meth:`AliPayType.jit_setup`)
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import re
 from datetime import datetime, timedelta, timezone
@@ -46,6 +48,8 @@ from .signing import KeyFormatError, load_rsa_key, public_key_fingerprint, verif
 
 __all__ = ["AliPayType", "time_expire"]
 
+log = logging.getLogger(__name__)
+
 #: Alipay's ``trade_status`` → our trade status
 TRADE_STATUS = {
     "WAIT_BUYER_PAY": "pending",
@@ -55,11 +59,16 @@ TRADE_STATUS = {
 }
 TRADE_NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
 #: what Alipay takes as an ``out_trade_no``
-OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_]{1,64}")
 MIN_AMOUNT = Decimal("0.01")
 MAX_AMOUNT = Decimal("100000000.00")
 #: cap on the number of fields in a notification body
 MAX_NOTIFY_FIELDS = 200
+#: the only currency JitPay's amounts are in
+CURRENCY = "CNY"
+#: Alipay fields naming the currency of the trade's amounts (cross-border trades carry them): when present, CNY.
+#: ``pay_currency`` (what the buyer's wallet paid in) is not among them: it does not change what the merchant gets.
+CURRENCY_FIELDS = ("currency", "trans_currency", "settle_currency")
 
 
 def time_expire(expiresAt: datetime) -> tuple[str, datetime]:
@@ -126,6 +135,13 @@ class AliPayType(PayProvider):
         self.notifyUrl = notify_url
         self.returnUrl = self._url(config, "returnUrl", required=False)
         self.sellerId = self._text(config, "sellerId", required=False)
+        if not self.sellerId:
+            log.warning("%s: sellerId is not set, so notifications are not checked against your Alipay merchant id "
+                        "(seller_id, 2088...). Anything Alipay signs for app %s is then believed, also a "
+                        "trade paid to another merchant using the same app (a service provider's app, or another "
+                        "merchant account bound to it) whose out_trade_no matches one of your orders: that order "
+                        "would be marked paid while the money went elsewhere. Set sellerId to your merchant id.",
+                        self.fullName, self.appId)
         timeout = self._number(config, "timeout", default=10, low=0.1, high=300)
         self.payTimeoutMinutes = int(self._number(config, "payTimeoutMinutes", default=120, low=1, high=21600,
                                                   integer=True))
@@ -250,6 +266,10 @@ class AliPayType(PayProvider):
         if content.get("sub_code") == TRADE_NOT_EXIST:
             return TradeState(orderId=order.orderId, status="pending", raw=content, reference=order.orderId)
         self._check_out_trade_no(content, order.orderId, method)
+        currency = self._foreign_currency(content)
+        if currency is not None:
+            raise ProviderError(f"Alipay {method}: the trade is in {currency}, not {CURRENCY}",
+                                details={"failure": "invalid_response", "method": method})
         trade_status = content.get("trade_status")
         status = TRADE_STATUS.get(str(trade_status))
         if status is None:
@@ -293,7 +313,7 @@ class AliPayType(PayProvider):
                                 f"{order.amount}")
         if not refundId or len(refundId) > 64:
             raise RefundInvalid("refundId must be 1 to 64 characters (Alipay's out_request_no)")
-        out_trade_no = order.reference if order.reference and OUT_TRADE_NO.match(order.reference) else order.orderId
+        out_trade_no = order.reference if order.reference and OUT_TRADE_NO.fullmatch(order.reference) else order.orderId
         biz: dict[str, Any] = {"out_trade_no": out_trade_no, "refund_amount": refund_amount,
                                "out_request_no": refundId}
         if order.tradeNo:
@@ -336,8 +356,9 @@ class AliPayType(PayProvider):
 
     def verify_notify(self, fields: Mapping[str, Any]) -> TradeState:
         """Verify an asynchronous notification: the signature with Alipay's public key (over every field but ``sign``
-        and ``sign_type``, as received), then that it is for this ``app_id`` (and ``seller_id`` when configured).
-        Returns the trade state it reports. Checking ``out_trade_no`` and the amount against the order is the
+        and ``sign_type``, as received), then that it is for this ``app_id`` (and ``seller_id`` when configured), in
+        CNY (:data:`CURRENCY_FIELDS`, when present), with amounts as Alipay writes them (``"12.34"``; text that only
+        means the same number is refused). Returns the trade state it reports. Checking ``out_trade_no`` and the amount against the order is the
         caller's (``PaySvc``)."""
         for key, value in fields.items():
             if not isinstance(key, str) or not isinstance(value, str):
@@ -359,19 +380,26 @@ class AliPayType(PayProvider):
         out_trade_no = fields.get("out_trade_no")
         if not out_trade_no:
             raise NotifyInvalid("the Alipay notification carries no out_trade_no")
+        currency = self._foreign_currency(fields)
+        if currency is not None:
+            raise NotifyInvalid(f"the Alipay notification is in {currency}, not {CURRENCY}",
+                                details={"currency": currency})
         trade_status = fields.get("trade_status")
         status = TRADE_STATUS.get(str(trade_status))
         if status is None:
             raise NotifyInvalid(f"the Alipay notification has an unknown trade_status {trade_status!r}")
         pay_time = parse_beijing_time(fields.get("gmt_payment"))
         refunded = parse_amount(fields.get("refund_fee"))
+        if fields.get("refund_fee") not in (None, "") and refunded is None:
+            raise NotifyInvalid("the Alipay notification's refund_fee is not an amount as Alipay writes it (\"12.34\")")
         if status == "closed" and refunded is not None and refunded > 0:
             status = "refunded"  # the closing notification of a fully refunded trade
         paid: Decimal | None = None
         if status in ("success", "refunded"):
             paid = parse_amount(fields.get("total_amount"))
             if paid is None:
-                raise NotifyInvalid("the Alipay notification's total_amount is missing or not a number")
+                raise NotifyInvalid("the Alipay notification's total_amount is missing or not an amount as Alipay "
+                                    "writes it (\"12.34\")")
         return TradeState(orderId=out_trade_no, status=status, tradeNo=fields.get("trade_no") or None,
                           paidAmount=paid, payTime=pay_time if status in ("success", "refunded") else None,
                           raw=dict(fields), reference=out_trade_no)
@@ -389,6 +417,16 @@ class AliPayType(PayProvider):
         if not MIN_AMOUNT <= Decimal(text) <= MAX_AMOUNT:
             raise AmountInvalid(f"Alipay amounts go from {MIN_AMOUNT} to {MAX_AMOUNT} yuan, not {text}")
         return text
+
+    @staticmethod
+    def _foreign_currency(fields: Mapping[str, Any]) -> str | None:
+        """The first currency field (:data:`CURRENCY_FIELDS`) present with another value than CNY (cut short), or
+        None."""
+        for name in CURRENCY_FIELDS:
+            value = fields.get(name)
+            if value not in (None, "", CURRENCY):
+                return f"{name}={str(value)[:16]}"
+        return None
 
     @staticmethod
     def _check_out_trade_no(content: Mapping[str, Any], out_trade_no: str, method: str) -> None:

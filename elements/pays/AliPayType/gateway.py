@@ -10,6 +10,7 @@ a key, a signature or a request parameter.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
@@ -66,15 +67,19 @@ def format_amount(amount: Decimal) -> str:
     return f"{quantized:.2f}"
 
 
+#: how Alipay writes an amount: yuan, two decimals, no sign, no leading zero, no exponent, no spaces
+CANONICAL_AMOUNT = re.compile(r"(0|[1-9][0-9]*)\.[0-9]{2}")
+
+
 def parse_amount(text: Any) -> Decimal | None:
-    """An Alipay amount string as ``Decimal``; ``None`` when absent or not a number."""
-    if text is None or text == "":
+    """An Alipay amount as ``Decimal``; ``None`` when absent or not in Alipay's canonical form (``"12.34"``): text
+    that merely means the same number (``"1234E-2"``, ``" 12.34"``, ``"12.340"``) is not an amount Alipay wrote."""
+    if not isinstance(text, str) or not CANONICAL_AMOUNT.fullmatch(text):
         return None
     try:
-        value = Decimal(str(text))
-    except (InvalidOperation, ValueError):
+        return Decimal(text)
+    except InvalidOperation:  # pragma: no cover - the pattern admits only valid numbers
         return None
-    return value if value.is_finite() else None
 
 
 def dump_biz_content(biz: Mapping[str, Any]) -> str:

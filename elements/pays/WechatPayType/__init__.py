@@ -46,8 +46,8 @@ PREPAY_MARGIN = timedelta(minutes=10)
 MWEB_VALIDITY = timedelta(minutes=5)
 MWEB_MARGIN = timedelta(minutes=1)
 
-_OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-|*]{1,32}$")
-_CANONICAL_FEN = re.compile(r"^(0|[1-9][0-9]*)$")
+_OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_\-|*]{1,32}")
+_CANONICAL_FEN = re.compile(r"(0|[1-9][0-9]*)")
 #: the only currency JitPay's amounts are in (WeChat's ``fee_type``)
 CURRENCY = "CNY"
 #: The start of every MWEB ``out_trade_no`` (see :func:`mweb_out_trade_no`); order ids may not start with it.
@@ -86,7 +86,7 @@ def fen_to_yuan(fen: str | int) -> Decimal:
     ``Decimal`` yuan with two places (``99.99``). Raises ``ValueError`` for any other text, even one that means the
     same number (``"09999"``, ``" 9999"``)."""
     text = str(fen)
-    if not _CANONICAL_FEN.match(text):
+    if not _CANONICAL_FEN.fullmatch(text):
         raise ValueError(f"not an amount in fen: {fen!r}")
     return (Decimal(int(text)) / 100).quantize(Decimal("0.01"))
 
@@ -439,7 +439,7 @@ class WechatPayType(PayProvider):
     def _out_trade_no(self, order: OrderView) -> str:
         """The order id as a NATIVE ``out_trade_no`` (``OrderIdInvalid`` if WeChat cannot take it, or if it starts
         with the prefix reserved for MWEB references)."""
-        if not _OUT_TRADE_NO.match(order.orderId or "") or order.orderId.startswith(MWEB_PREFIX):
+        if not _OUT_TRADE_NO.fullmatch(order.orderId or "") or order.orderId.startswith(MWEB_PREFIX):
             raise OrderIdInvalid(f"WeChat Pay needs an order id of at most 32 letters, digits or _-|*, not starting "
                                  f"with {MWEB_PREFIX!r}, not {order.orderId!r}")
         return order.orderId

@@ -23,8 +23,8 @@ SignType = Literal["MD5", "HMAC-SHA256"]
 SIGN_TYPES: tuple[SignType, ...] = ("MD5", "HMAC-SHA256")
 
 #: whitespace at an end of a value, by Python's definition (Unicode) and Java's ``trim`` (up to U+0020)
-_EDGE = re.compile(r"^[\s\x00-\x20]|[\s\x00-\x20]$")
-_EDGES = re.compile(r"^[\s\x00-\x20]+|[\s\x00-\x20]+$")
+_EDGE = re.compile(r"\A[\s\x00-\x20]|[\s\x00-\x20]\Z")
+_EDGES = re.compile(r"\A[\s\x00-\x20]+|[\s\x00-\x20]+\Z")
 
 
 def java_trim(value: str) -> str:

@@ -25,7 +25,7 @@ import xmltodict
 #: The default size limit for a notification body (64 KiB); WeChat's notifications are well under 4 KiB.
 NOTIFY_MAX_BYTES = 64 * 1024
 
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Characters XML 1.0 cannot carry at all, even escaped.
 _XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _DECLARATIONS = re.compile(r"<!\s*(DOCTYPE|ENTITY|ELEMENT|ATTLIST|NOTATION)", re.IGNORECASE)
@@ -114,7 +114,7 @@ def parse_xml(body: bytes | str, *, max_bytes: int = NOTIFY_MAX_BYTES) -> dict[s
 
 
 def _check_field(name: str, value: Any) -> str:
-    if not isinstance(name, str) or not _FIELD_NAME.match(name):
+    if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
         raise ValueError(f"invalid XML field name {name!r}")
     text = value if isinstance(value, str) else str(value)
     if _XML_FORBIDDEN.search(text):

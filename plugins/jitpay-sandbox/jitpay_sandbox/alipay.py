@@ -71,7 +71,7 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PREFIX = "/sandbox/alipay"
 DEFAULT_NOTIFY_DELAYS = (0, 1, 2, 4, 8, 16, 32, 64)
 MAX_REQUEST_BYTES = 256 * 1024
-OUT_TRADE_NO_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+OUT_TRADE_NO_RE = re.compile(r"[A-Za-z0-9_]{1,64}")
 MAX_AMOUNT = Decimal("100000000.00")
 NOTIFY_HEADERS = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
 
@@ -190,7 +190,7 @@ def _money(value: Decimal) -> str:
 
 def _parse_time_expire(value: Any) -> datetime:
     """``time_expire``: ``yyyy-MM-dd HH:mm:ss`` in Beijing time, exactly."""
-    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}", value):
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}", value):
         raise _business("ACQ.INVALID_PARAMETER", "参数无效: time_expire must be yyyy-MM-dd HH:mm:ss")
     try:
         return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=BEIJING)
@@ -500,7 +500,7 @@ class AlipaySandbox:
     # -- trade creation ---------------------------------------------------------------------------------------------
     def _order_fields(self, biz: Mapping[str, Any]) -> tuple[str, Decimal, str]:
         out_trade_no = str(biz.get("out_trade_no") or "")
-        if not OUT_TRADE_NO_RE.match(out_trade_no):
+        if not OUT_TRADE_NO_RE.fullmatch(out_trade_no):
             raise _business("ACQ.INVALID_PARAMETER", "参数无效: out_trade_no must be 1-64 letters, digits or _")
         raw_amount = str(biz.get("total_amount") or "")
         try:

@@ -74,13 +74,13 @@ KEY_FILE = "wechat_api_key.txt"
 MAX_BODY_BYTES = 64 * 1024
 BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 _ALNUM = string.ascii_letters + string.digits
-_OUT_TRADE_NO = re.compile(r"^[A-Za-z0-9_\-|*]{1,32}$")
+_OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_\-|*]{1,32}")
 _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                          autoescape=select_autoescape(["html"]))
 # A repeated unifiedorder must carry the same parameters except these (WeChat's "201 商户订单号重复" rule).
 _MAY_VARY = {"nonce_str", "sign", "sign_type", "spbill_create_ip"}
 NOTIFY_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
-_TIME_EXPIRE = re.compile(r"^\d{14}$")
+_TIME_EXPIRE = re.compile(r"[0-9]{14}")
 _PAYABLE = ("NOTPAY", "USERPAYING")
 _STATE_DESC = {"NOTPAY": "订单未支付", "USERPAYING": "用户支付中", "SUCCESS": "支付成功", "REFUND": "转入退款",
                "CLOSED": "已关闭", "PAYERROR": "支付失败"}
@@ -420,13 +420,13 @@ class WechatSandbox:
             raise _Fail("total_fee参数格式错误")
         if len(fields["body"].encode("utf-8")) > 128:
             raise _Fail("body参数长度有误")
-        if not _OUT_TRADE_NO.match(fields["out_trade_no"]):
+        if not _OUT_TRADE_NO.fullmatch(fields["out_trade_no"]):
             raise _Fail("out_trade_no参数格式错误")
         if not fields["notify_url"].startswith(("http://", "https://")):
             raise _Fail("notify_url参数格式错误")
         expires = None
         if fields.get("time_expire"):
-            if not _TIME_EXPIRE.match(fields["time_expire"]):
+            if not _TIME_EXPIRE.fullmatch(fields["time_expire"]):
                 raise _Fail("time_expire参数格式错误 (yyyyMMddHHmmss)")
             try:
                 expires = datetime.strptime(fields["time_expire"], "%Y%m%d%H%M%S").replace(tzinfo=BEIJING)
