@@ -80,7 +80,8 @@ def signed_notification(live: LiveApp, order_id: str, total_fee: str, key: str |
               "result_code": "SUCCESS", "openid": "oForged", "trade_type": "NATIVE", "bank_type": "OTHERS",
               "total_fee": total_fee, "cash_fee": total_fee, "transaction_id": "4200000000000000000000000001",
               "out_trade_no": order_id, "time_end": "20240101120000"}
-    fields["sign"] = calculate_sign(fields, key, "MD5")
+    # signed with the merchant's configured sign type: the only one its notifications may use
+    fields["sign"] = calculate_sign(fields, key, live.app.loadElement(WECHAT).settings.signType)
     return build_cdata_xml(fields)
 
 

@@ -258,12 +258,12 @@ def test_refund_by_transaction_id(live: LiveApp, pay_with: str) -> None:
 
 
 # -- notifications mapped through attach ----------------------------------------------------------------------------
-def signed_notification(key: str, **fields: str) -> dict[str, str]:
+def signed_notification(key: str, sign_type: str = "MD5", **fields: str) -> dict[str, str]:
     base = {"appid": WECHAT_APP_ID, "mch_id": WECHAT_MCH_ID, "nonce_str": "y" * 32, "return_code": "SUCCESS",
             "result_code": "SUCCESS", "openid": "oBuyer", "trade_type": "MWEB", "bank_type": "OTHERS",
             "total_fee": "1234", "cash_fee": "1234", "transaction_id": "4200000000000000000000000042",
             "time_end": "20240101120000", **fields}
-    base["sign"] = calculate_sign(base, key, "MD5")
+    base["sign"] = calculate_sign(base, key, sign_type)
     return base
 
 
@@ -274,10 +274,11 @@ def test_a_signed_notification_whose_attach_names_another_order_is_refused(live:
     other = svc.create(subject="Another order", amount=Decimal("12.34"))
     svc.getPayUrl(orderId=other["orderId"], fullName=WECHAT, payType="mobile")
     ref = mweb_out_trade_no(first["orderId"])
-    forged = signed_notification(api_key(live), out_trade_no=ref, attach=other["orderId"])
+    sign_type = provider.settings.signType  # the only one its notifications may use
+    forged = signed_notification(api_key(live), sign_type, out_trade_no=ref, attach=other["orderId"])
     with pytest.raises(NotifyInvalid, match="attach"):
         provider.verify_notify(forged)
-    genuine = signed_notification(api_key(live), out_trade_no=ref, attach=first["orderId"])
+    genuine = signed_notification(api_key(live), sign_type, out_trade_no=ref, attach=first["orderId"])
     assert provider.verify_notify(genuine).orderId == first["orderId"]
     # Over HTTP to PaySvc: refused (WeChat would retry), nothing changes for either order.
     reply = httpx.post(notify_url(live), content=build_cdata_xml(forged), headers={"Content-Type": "text/xml"})
@@ -297,7 +298,11 @@ def test_the_sandbox_itself_never_lets_attach_and_out_trade_no_disagree_unnotice
     fields = {"appid": WECHAT_APP_ID, "mch_id": WECHAT_MCH_ID, "nonce_str": "z" * 32, "body": "x",
               "out_trade_no": mweb_out_trade_no(a["orderId"]), "total_fee": "300", "spbill_create_ip": "127.0.0.1",
               "notify_url": notify_url(live), "trade_type": "NATIVE", "product_id": "p1", "attach": b["orderId"]}
-    fields["sign"] = calculate_sign(fields, api_key(live), "MD5")
+    # made with the merchant's sign type, so its notification is signed the way the merchant verifies
+    sign_type = live.app.loadElement(WECHAT).settings.signType
+    if sign_type != "MD5":
+        fields["sign_type"] = sign_type
+    fields["sign"] = calculate_sign(fields, api_key(live), sign_type)
     answer = parse_xml(httpx.post(f"{live.url}/sandbox/wechat/pay/unifiedorder", content=build_xml(fields)).content)
     assert answer["result_code"] == "SUCCESS"
     pay_in_wallet(answer["code_url"])
