@@ -91,7 +91,7 @@ def test_wechatpy_verifies_a_held_notification(shop_factory) -> None:
     assert state.tradeNo == parsed["transaction_id"] and state.reference == order.orderId
 
 
-# -- python-alipay-sdk --------------------------------------------------------------------------------------------------
+# -- python-alipay-sdk ---------------------------------------------------------------------------------------------------
 def _alipay(shop: Shop, private: str, public: str):
     sdk = alipay_sdk.AliPay(appid=ALIPAY_APP_ID, app_notify_url=None, app_private_key_string=private,
                             alipay_public_key_string=public, sign_type="RSA2")

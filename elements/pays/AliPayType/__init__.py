@@ -358,8 +358,8 @@ class AliPayType(PayProvider):
         """Verify an asynchronous notification: the signature with Alipay's public key (over every field but ``sign``
         and ``sign_type``, as received), then that it is for this ``app_id`` (and ``seller_id`` when configured), in
         CNY (:data:`CURRENCY_FIELDS`, when present), with amounts as Alipay writes them (``"12.34"``; text that only
-        means the same number is refused). Returns the trade state it reports. Checking ``out_trade_no`` and the amount against the order is the
-        caller's (``PaySvc``)."""
+        means the same number is refused). Returns the trade state it reports. Checking ``out_trade_no`` and the
+        amount against the order is the caller's (``PaySvc``)."""
         for key, value in fields.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise NotifyInvalid("notification fields must be single text values (give the raw form, not lists)")

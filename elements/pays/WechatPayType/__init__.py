@@ -204,7 +204,7 @@ class WechatPayType(PayProvider):
             scene = {"h5_info": {"type": "Wap", "wap_url": base, "wap_name": cut_utf8(str(title), 64)}}
             fields.update(trade_type="MWEB", scene_info=json.dumps(scene, ensure_ascii=False, separators=(",", ":")))
             legacy = [("time_expire",)]
-        sent, answer = self._unifiedorder(order, fields, legacy)
+        sent, answer = self._unifiedorder(fields, legacy)
         expires = now + (PREPAY_VALIDITY - PREPAY_MARGIN if trade_type == "NATIVE" else MWEB_VALIDITY - MWEB_MARGIN)
         if expiry is not None:
             expires = min(expires, expiry[1])
@@ -223,7 +223,7 @@ class WechatPayType(PayProvider):
                                 provider_code="INVALID_RESPONSE")
         return PaymentPrep(payUrl=mweb_url, qrCode=None, expiresAt=expires, extra=extra, reference=out_trade_no)
 
-    def _unifiedorder(self, order: OrderView, fields: dict[str, Any],
+    def _unifiedorder(self, fields: dict[str, Any],
                       legacy: list[tuple[str, ...]]) -> tuple[dict[str, Any], dict[str, str]]:
         """``unifiedorder`` with ``fields``; on "201 商户订单号重复" (the ``out_trade_no`` exists with other
         parameters) again without each group of ``legacy`` fields in turn, as an older JitPay made it. Returns what
