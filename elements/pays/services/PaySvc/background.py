@@ -92,13 +92,18 @@ def close_trades(svc: "PaySvc", order_id: str, fullName: str) -> None:
         ledger.audit(audit.kind, "provider-error", provider=fullName, order_id=order_id, error_code=exc.code,
                      message=exc.message, payload={"providerCode": exc.provider_code, **(exc.details or {})})
         # a trade that cannot be closed may have been paid: ask, and record what it captured
+        states: list[Any] = []
         try:
-            svc.apply_trades(provider, order, kind=audit.kind)
+            states = svc.apply_trades(provider, order, kind=audit.kind)
         except PayError as query_error:
             log.info("asking %s about order %s after a failed close: %s", fullName, order_id, query_error)
-        if not _live_payments(svc, order_id, fullName):
+        # a trade the provider now reports closed captures nothing more, even if the ledger keeps it failed (a failed
+        # payment never becomes closed): without this, a paid trade beside a failed one fails the job forever
+        closed_now = {s.reference or s.orderId for s in states if s.status == "closed"}
+        live = [p for p in _live_payments(svc, order_id, fullName) if p.reference not in closed_now]
+        if not live:
             return  # nothing at this provider can capture money any more
-        youngest = max((as_utc(p.createdAt) for p in _live_payments(svc, order_id, fullName)), default=None)
+        youngest = max((as_utc(p.createdAt) for p in live), default=None)
         if youngest is not None and utcnow() - youngest < CLOSE_MIN_AGE:
             raise RetryLater(f"{fullName} would not close yet: {exc.message}", at=youngest + CLOSE_MIN_AGE) from exc
         raise
