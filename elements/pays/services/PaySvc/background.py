@@ -109,6 +109,11 @@ def close_trades(svc: "PaySvc", order_id: str, fullName: str) -> None:
         raise
     ledger.audit(audit.kind, "closed" if audit.kind == "close" else "settled", provider=fullName,
                  order_id=order_id)
+    if paid_here and any(p.status == "prepared" for p in _live_payments(svc, order_id, fullName)):
+        # settling where the payment was taken lets a paid trade be (WeChat Pay's closeorder answers ORDERPAID for the
+        # accepted trade, and just the same for its other trade type if the buyer paid that too): ask, so that a
+        # second payment is recorded as a surplus instead of being marked closed below (raises to be retried)
+        svc.apply_trades(provider, order, kind=audit.kind)
     for payment in _live_payments(svc, order_id, fullName):
         if payment.status == "prepared":
             ledger.apply_unpaid(order_id, provider=fullName, providerName=payment.providerName,
