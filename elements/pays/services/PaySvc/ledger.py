@@ -5,7 +5,7 @@ Orders keep JitAi's states; payments and refunds move on their own, and drive th
     order     pending -> success (a payment is accepted) | closed (close, or expiry with nothing paid)
               success -> refunded (its accepted payment fully refunded)
               (failed: kept for version-1 data and for JitAi compatibility; JitPay itself never fails an order)
-    payment   prepared -> paid | closed | failed | expired;  closed | failed | expired -> paid (money came anyway)
+    payment   prepared -> paid | closed | failed | expired;  failed -> closed;  closed | failed | expired -> paid
               paid -> refunded (fully; a partial refund leaves it paid)
     refund    reserved -> sent -> confirmed | refused | unknown;  unknown -> sent (retried with the same id)
               refused -> reserved (the caller tries the same id again)
@@ -466,7 +466,8 @@ class Ledger:
             row = tx.conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == order_id,
                                                          PAYMENTS.c.provider == provider,
                                                          PAYMENTS.c.reference == reference)).first()
-            sources = ("prepared",) if status == "closed" else ("prepared", "closed")
+            # a failed attempt may still be closed; a late "failed" never reopens a closed trade
+            sources = ("prepared", "failed") if status == "closed" else ("prepared",)
             changed = row is not None and tx.conn.execute(
                 update(PAYMENTS).where(PAYMENTS.c.id == row.id, PAYMENTS.c.status.in_(sources))
                 .values(status=status, updatedAt=utcnow(), checkedAt=utcnow())).rowcount == 1
