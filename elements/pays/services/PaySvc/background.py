@@ -97,8 +97,8 @@ def close_trades(svc: "PaySvc", order_id: str, fullName: str) -> None:
             states = svc.apply_trades(provider, order, kind=audit.kind)
         except PayError as query_error:
             log.info("asking %s about order %s after a failed close: %s", fullName, order_id, query_error)
-        # a trade the provider now reports closed captures nothing more, even if the ledger keeps it failed (a failed
-        # payment never becomes closed): without this, a paid trade beside a failed one fails the job forever
+        # a trade the provider now reports closed captures nothing more: without this, a paid trade beside a closed
+        # one would fail the job forever
         closed_now = {s.reference or s.orderId for s in states if s.status == "closed"}
         live = [p for p in _live_payments(svc, order_id, fullName) if p.reference not in closed_now]
         if not live:
@@ -115,7 +115,7 @@ def close_trades(svc: "PaySvc", order_id: str, fullName: str) -> None:
         # second payment is recorded as a surplus instead of being marked closed below (raises to be retried)
         svc.apply_trades(provider, order, kind=audit.kind)
     for payment in _live_payments(svc, order_id, fullName):
-        if payment.status == "prepared":
+        if payment.status in ("prepared", "failed"):
             ledger.apply_unpaid(order_id, provider=fullName, providerName=payment.providerName,
                                 reference=payment.reference, status="closed", audit=Audit(audit.kind,
                                                                                           provider=fullName))
