@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from elements.pays.errors import (AmountInvalid, NotifyInvalid, ProviderError, RefundInvalid, SignatureInvalid,
                                   UnsupportedPayType)
-from elements.pays.Meta import NotifyReply, OrderView, PaymentPrep, PayProvider, RefundResult, TradeState
+from elements.pays.Meta import (NotifyReply, NotifyRequest, OrderView, PaymentPrep, PayProvider, RefundResult,
+                               TradeState)
 from jitcore.errors import ConfigError
 
 from .gateway import AlipayGateway, format_amount, format_timestamp, parse_amount, parse_beijing_time
@@ -92,6 +93,8 @@ class AliPayType(PayProvider):
 
     providerName: ClassVar[str] = "alipay"
     payTypes: ClassVar[tuple[str, ...]] = ("pc", "mobile", "page")
+    #: JitAi's path for Alipay's notification (the generic ``notify/alipay`` works as well)
+    notifyPath: ClassVar[str] = "alipayNotify"
 
     appId: str
     notifyUrl: str
@@ -125,14 +128,7 @@ class AliPayType(PayProvider):
             raise self._config_error("privateKey", f"is a {private_key.key_size}-bit key; RSA2 needs 2048 bits")
         gateway_url = self._url(config, "gateway", required=True)
 
-        notify_url = self._url(config, "notifyUrl", required=False)
-        if not notify_url:
-            base_url = getattr(self.app, "baseUrl", None)
-            if not base_url:
-                raise self._config_error("notifyUrl", "is not set and the app has no baseUrl to build it from; set "
-                                         "the app's baseUrl (its public URL) or notifyUrl")
-            notify_url = f"{str(base_url).rstrip('/')}/api/{self.app.appId}/pays/services/PaySvc/alipayNotify"
-        self.notifyUrl = notify_url
+        self.notifyUrl = self._url(config, "notifyUrl", required=False) or self.notify_url()
         self.returnUrl = self._url(config, "returnUrl", required=False)
         self.sellerId = self._text(config, "sellerId", required=False)
         if not self.sellerId:
@@ -328,9 +324,15 @@ class AliPayType(PayProvider):
                                 details={"failure": "invalid_response", "method": "alipay.trade.refund"})
         return RefundResult(refundId=refundId, amount=Decimal(refund_amount), refundNo=None, raw=content)
 
-    def parse_notify_body(self, body: bytes, contentType: str | None = None) -> dict[str, str]:
-        """Alipay posts ``application/x-www-form-urlencoded`` UTF-8. Returns the decoded fields exactly as sent;
-        a repeated field, bad percent-encoding, non-UTF-8 text or another content type is :class:`NotifyInvalid`."""
+    def notify_url(self) -> str:
+        """``config.notifyUrl``, else ``{baseUrl}/api/{appId}/pays/services/PaySvc/alipayNotify``."""
+        return getattr(self, "notifyUrl", None) or super().notify_url()
+
+    def parse_notify(self, request: NotifyRequest) -> dict[str, str]:
+        """Alipay posts ``application/x-www-form-urlencoded`` UTF-8 (no headers matter: the signature is a field).
+        Returns the decoded fields exactly as sent; a repeated field, bad percent-encoding, non-UTF-8 text or another
+        content type is :class:`NotifyInvalid`."""
+        body, contentType = request.body, request.contentType
         if contentType:
             media_type = contentType.split(";", 1)[0].strip().lower()
             if media_type != "application/x-www-form-urlencoded":

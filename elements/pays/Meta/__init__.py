@@ -12,12 +12,15 @@ format (Alipay: ``"99.99"``; WeChat Pay: integer fen).
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Literal, Mapping
+from urllib.parse import parse_qsl
 
 from jitcore.element import Element
+from jitcore.errors import ConfigError
 
 TradeStatus = Literal["pending", "success", "failed", "closed", "refunded"]
 
@@ -86,17 +89,113 @@ class RefundResult:
     raw: Mapping[str, Any] = field(default_factory=dict)
 
 
+class NotifyHeaders(Mapping[str, str]):
+    """A notification's HTTP headers, read-only and case-insensitive (``headers["Acme-Signature"]`` and
+    ``headers["acme-signature"]`` are the same). A header sent more than once reads as its values joined by ``", "``
+    (as HTTP allows); :meth:`getlist` gives them one by one. Iterating gives the lower-case names."""
+
+    def __init__(self, headers: "Mapping[str, str] | Iterable[tuple[str, str]] | None" = None) -> None:
+        pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
+        self._values: dict[str, list[str]] = {}
+        for name, value in pairs:
+            name = name.decode("latin-1") if isinstance(name, bytes) else str(name)
+            value = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+            self._values.setdefault(name.lower(), []).append(value)
+
+    def __getitem__(self, name: str) -> str:
+        return ", ".join(self._values[name.lower()])
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def getlist(self, name: str) -> list[str]:
+        """Every value of header ``name``, in the order received (empty if it was not sent)."""
+        return list(self._values.get(name.lower(), ()))
+
+    def __repr__(self) -> str:  # values may be signatures: names only
+        return f"NotifyHeaders({sorted(self._values)})"
+
+
 @dataclass(frozen=True)
-class NotifyReply:
-    """The exact HTTP body a provider expects in answer to its notification."""
+class NotifyRequest:
+    """A provider's notification exactly as it reached us over HTTP: what :meth:`PayProvider.parse_notify` reads.
+
+    ``body`` is the raw request body (never re-encoded: signatures cover these bytes), ``headers`` the request
+    headers (any mapping or ``(name, value)`` pairs; kept as case-insensitive :class:`NotifyHeaders`), ``query`` the
+    raw query string (without ``?``), ``client`` the address the request came from (``None`` when unknown; behind a
+    proxy it is the proxy's unless the server trusts forwarded headers)."""
 
     body: bytes
-    mediaType: str
+    headers: NotifyHeaders = field(default_factory=NotifyHeaders)
+    query: str = ""
+    client: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.body, bytes):
+            raise TypeError("NotifyRequest.body must be the raw bytes of the request body")
+        if not isinstance(self.headers, NotifyHeaders):
+            object.__setattr__(self, "headers", NotifyHeaders(self.headers))
+
+    @property
+    def contentType(self) -> str | None:
+        """The ``Content-Type`` header as sent (``None`` without one)."""
+        return self.headers.get("content-type")
+
+    @property
+    def mediaType(self) -> str:
+        """The content type without its parameters, lower case (``"application/json"``; ``""`` without one)."""
+        return (self.contentType or "").split(";", 1)[0].strip().lower()
+
+    @property
+    def queryParams(self) -> dict[str, str]:
+        """The query string's parameters (the last of a repeated one)."""
+        return dict(parse_qsl(self.query, keep_blank_values=True))
+
+    @classmethod
+    def of(cls, body: bytes, contentType: str | None = None, **kwargs: Any) -> "NotifyRequest":
+        """A request of ``body`` with just a ``Content-Type`` header (what older callers hand over)."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        if contentType:
+            headers["Content-Type"] = contentType
+        return cls(body=body, headers=NotifyHeaders(headers), **kwargs)
+
+
+@dataclass(frozen=True)
+class NotifyReply:
+    """The HTTP answer a provider expects to its notification: status, body, media type and any headers. Use
+    :meth:`text`, :meth:`json` or :meth:`empty` to build one."""
+
+    body: bytes = b""
+    mediaType: str = "text/plain"
     status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def text(cls, text: str, status: int = 200) -> "NotifyReply":
+        """A ``text/plain`` UTF-8 reply (Alipay's ``success``)."""
+        return cls(text.encode("utf-8"), "text/plain", status)
+
+    @classmethod
+    def json(cls, data: Any, status: int = 200) -> "NotifyReply":
+        """A JSON reply (``{"code": "FAIL", "message": ...}`` with a 4xx/5xx status, as WeChat Pay v3 wants)."""
+        return cls(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), "application/json",
+                   status)
+
+    @classmethod
+    def empty(cls, status: int = 204) -> "NotifyReply":
+        """No body at all (``204 No Content`` by default)."""
+        return cls(b"", "text/plain", status)
 
 
 class PayProvider(Element):
-    """The provider contract (``pays.Meta``). Subclasses implement every method; each raises
+    """The provider contract (``pays.Meta``), documented as a whole in ``docs/PROVIDERS.md``. Subclasses implement
+    ``prepare``, ``query``, ``close``, ``refund``, ``parse_notify``, ``verify_notify`` and ``notify_reply``; each raises
     :class:`elements.pays.errors.ProviderError` when the provider cannot be reached or refuses, and
     :class:`~elements.pays.errors.SignatureInvalid` / :class:`~elements.pays.errors.NotifyInvalid` for a bad
     notification.
@@ -109,8 +208,15 @@ class PayProvider(Element):
 
     #: payTypes this provider supports, e.g. ``("pc", "mobile", "page")``.
     payTypes: ClassVar[tuple[str, ...]] = ()
-    #: short provider name recorded on orders and audit rows, e.g. ``"alipay"``.
+    #: short provider name recorded on payments, e.g. ``"alipay"``: lower-case letters, digits, ``_`` or ``-``. It
+    #: names the provider's notification route ``/api/{appId}/pays/services/PaySvc/notify/{providerName}``; every
+    #: configured element with this name is tried for a notification that arrives there.
     providerName: ClassVar[str] = ""
+    #: the path below ``/api/{appId}/pays/services/PaySvc/`` of the default ``notifyUrl``: the generic route, unless a
+    #: provider keeps a JitAi path (Alipay ``alipayNotify``, WeChat Pay ``wechatNotify``)
+    notifyPath: ClassVar[str] = "notify/{providerName}"
+    #: the largest notification body PaySvc reads for this provider (a bigger one is refused with 413 and recorded)
+    notifyMaxBytes: ClassVar[int] = 64 * 1024
 
     def prepare(self, order: OrderView, payType: str, *, clientIp: str | None = None) -> PaymentPrep:
         """Create (or sign) a payment for ``order`` of kind ``payType`` (one of :attr:`payTypes`). The trade must
@@ -148,10 +254,42 @@ class PayProvider(Element):
         if not paidHere:
             self.close(order)
 
-    def parse_notify_body(self, body: bytes, contentType: str | None = None) -> dict[str, str]:
-        """Turn the raw HTTP body of a notification into the provider's field dict, exactly as received (no
-        re-encoding). Raises ``NotifyInvalid`` for a body that cannot be parsed safely."""
-        raise NotImplementedError
+    def parse_notify(self, request: NotifyRequest) -> Mapping[str, Any]:
+        """Turn a notification as it arrived over HTTP (raw body bytes, case-insensitive headers, content type, query
+        string, client address) into the provider's fields, exactly as received (no re-encoding). Everything
+        :meth:`verify_notify` needs must be in the fields: a provider that signs in headers puts the signature
+        headers and the exact signed body text there too. No secret is used here and nothing changes; the fields are
+        kept in the audit log. Raises ``NotifyInvalid`` for a request that cannot be parsed safely.
+
+        The default calls :meth:`parse_notify_body` with the body and the content type (the contract before headers
+        were passed on)."""
+        if type(self).parse_notify_body is PayProvider.parse_notify_body:
+            raise NotImplementedError(f"{type(self).__qualname__} implements neither parse_notify nor "
+                                      f"parse_notify_body")
+        return self.parse_notify_body(request.body, request.contentType)
+
+    def parse_notify_body(self, body: bytes, contentType: str | None = None) -> Mapping[str, Any]:
+        """The older form of :meth:`parse_notify` (body and content type only), kept for existing providers; a
+        provider that implements :meth:`parse_notify` gets this for free."""
+        if type(self).parse_notify is PayProvider.parse_notify:
+            raise NotImplementedError(f"{type(self).__qualname__} implements neither parse_notify nor "
+                                      f"parse_notify_body")
+        return self.parse_notify(NotifyRequest.of(body, contentType))
+
+    def notify_url(self) -> str:
+        """Where the provider should post this element's notifications: ``config.notifyUrl`` when set, else the
+        app's ``baseUrl`` + ``/api/{appId}/pays/services/PaySvc/`` + :attr:`notifyPath` (the generic route
+        ``notify/{providerName}`` unless the provider keeps another). ``ConfigError`` when neither is set."""
+        configured = (self.config or {}).get("notifyUrl")
+        if isinstance(configured, str) and configured.strip():
+            return configured.strip()
+        base_url = (getattr(self.app, "baseUrl", None) or "").rstrip("/")
+        if not base_url:
+            raise ConfigError(f"{self.fullName}: config notifyUrl is not set and the app has no baseUrl to build it "
+                              f"from; set the app's baseUrl (its public URL) or notifyUrl",
+                              details={"element": self.fullName, "key": "notifyUrl"})
+        path = self.notifyPath.format(providerName=self.providerName)
+        return f"{base_url}/api/{self.app.appId}/pays/services/PaySvc/{path}"
 
     def verify_notify(self, fields: Mapping[str, Any]) -> TradeState:
         """Verify a notification's signature and that it is addressed to this merchant (app id, merchant id, seller),
@@ -160,7 +298,8 @@ class PayProvider(Element):
         raise NotImplementedError
 
     def notify_reply(self, ok: bool, message: str = "") -> NotifyReply:
-        """The answer the provider expects: ``ok`` stops its retries; otherwise it will notify again."""
+        """The answer the provider expects: ``ok`` stops its retries (the notification was processed, or had been
+        already); otherwise it will notify again. ``message`` says why not (no secret in it)."""
         raise NotImplementedError
 
     # -- helpers shared by providers ------------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 from elements.pays.errors import (AmountInvalid, NotifyInvalid, OrderIdInvalid, ProviderError, RefundInvalid,
                                   SignatureInvalid, SubjectInvalid, UnsupportedPayType)
-from elements.pays.Meta import NotifyReply, OrderView, PaymentPrep, PayProvider, RefundResult, TradeState
+from elements.pays.Meta import (NotifyReply, NotifyRequest, OrderView, PaymentPrep, PayProvider, RefundResult,
+                               TradeState)
 
 from .api import WechatApi, client_ssl_context
 from .config import WechatConfig, read_config
@@ -141,13 +142,15 @@ class WechatPayType(PayProvider):
 
     providerName = "wechat"
     payTypes = ("pc", "mobile")
+    #: JitAi's path for WeChat Pay's notification (the generic ``notify/wechat`` works as well)
+    notifyPath = "wechatNotify"
 
     settings: WechatConfig
     api: WechatApi
 
     def jit_setup(self) -> None:
         """Check the config (raising ``ConfigError`` naming this element and the key) and build the API client."""
-        self.settings = read_config(self.fullName, self.config or {}, self.app)
+        self.settings = read_config(self.fullName, self.config or {}, self.app, self.notifyPath)
         s = self.settings
         context = client_ssl_context(s.certPath, s.keyPath) if s.certPath else None
         self.api = WechatApi(gateway=s.gateway, appId=s.appId, mchId=s.mchId, apiKey=s.apiKey, signType=s.signType,
@@ -380,11 +383,16 @@ class WechatPayType(PayProvider):
         return RefundResult(refundId=refundId, amount=refunded, refundNo=answer.get("refund_id"), raw=answer)
 
     # -- notifications --------------------------------------------------------------------------------------------
-    def parse_notify_body(self, body: bytes, contentType: str | None = None) -> dict[str, str]:
-        """The notification XML as ``{field: text}``, exactly as received. Raises ``NotifyInvalid`` for a body over
-        64 KiB, any DTD/entity/processing instruction, or anything but a flat ``<xml>`` of text fields."""
+    def notify_url(self) -> str:
+        """``config.notifyUrl``, else ``{baseUrl}/api/{appId}/pays/services/PaySvc/wechatNotify``."""
+        return self.settings.notifyUrl
+
+    def parse_notify(self, request: NotifyRequest) -> dict[str, str]:
+        """The notification XML as ``{field: text}``, exactly as received (the signature is a field; the content
+        type is not checked: WeChat sends ``text/xml`` and others). Raises ``NotifyInvalid`` for a body over 64 KiB,
+        any DTD/entity/processing instruction, or anything but a flat ``<xml>`` of text fields."""
         try:
-            return parse_xml(body, max_bytes=NOTIFY_MAX_BYTES)
+            return parse_xml(request.body, max_bytes=NOTIFY_MAX_BYTES)
         except XmlRejected as exc:
             raise NotifyInvalid(f"WeChat Pay notification rejected: {exc}") from None
 

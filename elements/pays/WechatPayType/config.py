@@ -38,9 +38,11 @@ class WechatConfig:
                 f"gateway={self.gateway!r}, notifyUrl={self.notifyUrl!r})")
 
 
-def read_config(fullName: str, raw: Mapping[str, Any], app: Any) -> WechatConfig:
+def read_config(fullName: str, raw: Mapping[str, Any], app: Any,
+                default_notify_path: str = "wechatNotify") -> WechatConfig:
     """Check ``raw`` (the element's merged config) and return it typed. ``app`` supplies ``baseUrl`` and ``appId``
-    for the default ``notifyUrl`` and ``root`` for relative certificate paths.
+    for the default ``notifyUrl`` (``{baseUrl}/api/{appId}/pays/services/PaySvc/{default_notify_path}``) and ``root``
+    for relative certificate paths.
 
     Raises :class:`~jitcore.errors.ConfigError` naming ``fullName`` and the key (never a secret's value)."""
 
@@ -85,7 +87,7 @@ def read_config(fullName: str, raw: Mapping[str, Any], app: Any) -> WechatConfig
         appKey = getattr(app, "appId", None)
         if not baseUrl or not appKey:
             raise fail("notifyUrl", "is not set and the app has no baseUrl to build it from")
-        notifyUrl = f"{baseUrl}/api/{appKey}/pays/services/PaySvc/wechatNotify"
+        notifyUrl = f"{baseUrl}/api/{appKey}/pays/services/PaySvc/{default_notify_path}"
     if not notifyUrl.startswith(("https://", "http://")):
         raise fail("notifyUrl", "must be an absolute http(s) URL")
 
