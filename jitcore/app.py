@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -114,6 +115,12 @@ class App:
             name = self.getDefine(name).type
         return False
 
+    def configures(self, fullName: str) -> bool:
+        """Whether the app itself declares or configures ``fullName`` (its YAML's ``elements:`` or its
+        ``elementDirs``), as opposed to merely having it from a plugin. A plugin asks this to mount its routes only
+        in apps that use its elements. An unknown name is False."""
+        return self.index.configured(fullName)
+
     def check(self) -> None:
         """Resolve every definition, and load every element the app itself declares or configures, so that a
         mistake (a bad class, a missing or malformed setting) stops loading instead of surfacing on first use."""
@@ -197,13 +204,35 @@ def database_url(model: AppModel, root: Path) -> str:
     return model.database
 
 
+#: PRAGMA synchronous for SQLite databases. FULL: in WAL mode NORMAL lets a power loss undo the last commits, and a
+#: payment commit may already have been acknowledged to the provider ("success"), which then never notifies again.
+SQLITE_SYNCHRONOUS = "FULL"
+
+
 def create_engine(url: str) -> Any:
-    """An engine for ``url``; SQLite files get WAL, a busy timeout and foreign keys on every connection."""
+    """An engine for ``url``.
+
+    SQLite files get, on every connection: WAL, ``synchronous=FULL`` (see :data:`SQLITE_SYNCHRONOUS`), foreign keys
+    and a 30 s busy timeout. A database file that does not exist yet is created ``0600`` (its ``-wal`` and ``-shm``
+    companions take the same mode). Transactions:
+
+    - one the caller opens (``engine.begin()``, ``conn.begin()``, an ORM session) is ``BEGIN IMMEDIATE``: it takes
+      the write lock first, waiting for it under the busy timeout, so that a read-then-write transaction (a ledger
+      change, a job claim) never fails half-way with SQLITE_BUSY when another process wrote meanwhile;
+    - one SQLAlchemy opens by itself on the first statement of ``engine.connect()`` is a plain (deferred) ``BEGIN``:
+      a read snapshot that never takes the write lock and never waits for a writer (WAL). Write through
+      ``engine.begin()``; a write inside such a read may fail with "database is locked" if another connection
+      wrote since it began.
+    """
     from sqlalchemy import create_engine as sa_create_engine
     from sqlalchemy import event
 
     if url.startswith("sqlite"):
+        _create_private_database_file(url)
         engine = sa_create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        connection_class = _sqlite_connection_class()
+        if connection_class is not None:
+            engine._connection_cls = connection_class
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -211,17 +240,62 @@ def create_engine(url: str) -> Any:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # without the marker (another SQLAlchemy, an engine.execution_options() copy): always IMMEDIATE, safe
+            conn.exec_driver_sql("BEGIN" if getattr(conn, "_jit_implicit_begin", False) else "BEGIN IMMEDIATE")
 
         return engine
     return sa_create_engine(url, pool_pre_ping=True)
+
+
+_SQLITE_CONNECTION: list[Any] = []
+
+
+def _sqlite_connection_class() -> Any:
+    """A SQLAlchemy ``Connection`` that marks the transactions SQLAlchemy begins by itself (autobegin: the first
+    statement on ``engine.connect()``) apart from those the caller begins; None if this SQLAlchemy has no autobegin
+    step to tell them apart (then every transaction is ``BEGIN IMMEDIATE``)."""
+    if not _SQLITE_CONNECTION:
+        from sqlalchemy.engine import Connection
+
+        connection_class = None
+        if callable(getattr(Connection, "_autobegin", None)):
+            class SQLiteConnection(Connection):
+                _jit_implicit_begin = False
+
+                def _autobegin(self) -> None:
+                    self._jit_implicit_begin = True
+                    try:
+                        super()._autobegin()
+                    finally:
+                        self._jit_implicit_begin = False
+
+            connection_class = SQLiteConnection
+        _SQLITE_CONNECTION.append(connection_class)
+    return _SQLITE_CONNECTION[0]
+
+
+def _create_private_database_file(url: str) -> None:
+    """Create the SQLite database file of ``url`` readable and writable by its owner only (0600) if it does not
+    exist yet; SQLite creates its ``-wal`` and ``-shm`` files with the database file's mode. An existing file keeps
+    its mode; in-memory and ``file:`` URI databases are left to SQLite."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:") or parsed.query.get("uri"):
+        return
+    try:
+        descriptor = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return  # it exists (or cannot be created: SQLite reports that with its own message)
+    os.close(descriptor)
 
 
 def load_app(path: str | Path) -> App:

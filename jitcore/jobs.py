@@ -11,7 +11,8 @@ alive:
 
 - *claiming* is one conditional ``UPDATE ... WHERE id = :id AND (due and dueAt <= now, or running with an expired
   lease) AND no earlier unfinished job has its sequenceKey``; the row count says who won. PostgreSQL candidates are
-  picked ``FOR UPDATE SKIP LOCKED``; SQLite serialises every transaction (``BEGIN IMMEDIATE``).
+  picked ``FOR UPDATE SKIP LOCKED``; SQLite serialises every write transaction (``BEGIN IMMEDIATE``;
+  an idle poll only reads).
 - a claim holds a *lease* (``leaseSeconds``); a job whose runner died is claimed again once it expires.
 - *finishing* is fenced: ``UPDATE ... WHERE id = :id AND runner = :me AND state = 'running' AND attempts = :n``, so
   a runner that lost its lease cannot overwrite the outcome of the attempt that replaced it.
@@ -537,6 +538,11 @@ class JobQueue:
         """Claim the next due job: ``("claimed", row)``, ``("dead", None)`` or ``(None, None)`` when none is due."""
         j = job_table.c
         now = utcnow()
+        if self.app.engine.dialect.name == "sqlite":
+            # an idle poll is a read: it must not take SQLite's write lock (engine.begin() is BEGIN IMMEDIATE)
+            with self.app.engine.connect() as conn:
+                if conn.execute(select(j.id).where(_due_condition(now), _not_blocked()).limit(1)).first() is None:
+                    return None, None
         with self.app.engine.begin() as conn:
             candidates = (select(j.id, j.kind, j.state, j.attempts, j.runner, j.dedupeKey)
                           .where(_due_condition(now), _not_blocked()).order_by(j.dueAt, j.id).limit(CANDIDATES))
