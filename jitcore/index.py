@@ -60,6 +60,11 @@ class ElementIndex:
         """Every fullName any layer defines, sorted."""
         return sorted(self.sources)
 
+    def configured(self, fullName: str) -> bool:
+        """Whether the app layer (the app YAML's ``elements:`` or its ``elementDirs``) defines or overrides
+        ``fullName``."""
+        return any(source.layer == "app" for source in self.sources.get(fullName, ()))
+
     def suggest(self, fullName: str) -> list[str]:
         """Close matches of an unknown name, for error messages."""
         return difflib.get_close_matches(fullName, self.names(), n=3, cutoff=0.6)

@@ -32,7 +32,7 @@ from elements.pays.errors import (AmountMismatch, DuplicateOrder, NotifyInvalid,
                                   OrderNotExist, OrderPaid, OrderStateConflict, PayError, ProviderError,
                                   RefundInvalid, SignatureInvalid, SubjectInvalid, UnknownPayType,
                                   UnsupportedPayType)
-from elements.pays.Meta import OrderView, PayProvider, TradeState
+from elements.pays.Meta import NotifyReply, NotifyRequest, OrderView, PayProvider, TradeState
 from elements.pays.money import from_fen, parse_amount, to_fen
 from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_order_id
 from elements.pays.services.PaySvc.ledger import (CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit, Ledger,
@@ -73,7 +73,7 @@ class PaySvc(NormalService):
             raise ConfigError("settings.pays.payTimeoutMinutes must be a whole number of minutes from 10 to 21600")
         self.payWindow = timedelta(minutes=minutes)
         self.ledger = Ledger(self.app.engine, self.app.jobs, self.order_dict, surplus=settings["surplus"])
-        self._notify_providers: dict[str, list[PayProvider]] | None = None
+        self._configured: list[PayProvider] | None = None
         self._refreshed: dict[str, float] = {}
         self._refresh_lock = threading.Lock()
 
@@ -364,17 +364,41 @@ class PaySvc(NormalService):
         return self.ledger.order(orderId)
 
     # -- notifications ------------------------------------------------------------------------------------------------
-    def handle_notify_body(self, providerName: str, body: bytes, contentType: str | None = None) -> Response:
-        """A notification as it arrived over HTTP: parsed safely by the provider, then handled like
-        :meth:`handle_notify`. A body that cannot be parsed is recorded and refused."""
+    def handleNotify(self, providerName: str, request: NotifyRequest) -> NotifyReply:
+        """Hand a provider's notification, exactly as it arrived over HTTP, to PaySvc: the public way for an app
+        that serves its own web framework (PaySvc's routes call it too). The provider parses it
+        (:meth:`PayProvider.parse_notify`), every configured element of ``providerName`` is tried to verify it, and
+        what it reports is applied. Returns the reply to send back as it is (status, body, media type, headers).
+
+        Raises :class:`UnknownPayType` (HTTP 404) when the app configures no element of ``providerName``. Never
+        raises for what the request holds: a body over the provider's :attr:`~PayProvider.notifyMaxBytes`, one that
+        cannot be parsed, a forged, tampered or mismatched notification change nothing, are recorded in the audit
+        log and answered "not processed"; an unexpected error (the database away) is logged and answered "not
+        processed" too, so that the provider notifies again."""
         providers = self.notify_providers(providerName)
+        first = providers[0]
         try:
-            fields = providers[0].parse_notify_body(body, contentType)
-        except NotifyInvalid as exc:
-            self.ledger.audit("notify", "rejected", provider=providers[0].fullName, verified=False,
-                              error_code=exc.code, message=exc.message, payload=body[:4096].decode("utf-8", "replace"))
-            return self._reply(providers[0].notify_reply(False, exc.message))
-        return self._reply(self.handle_notify(providerName, fields))
+            limit = max(p.notifyMaxBytes for p in providers)
+            if len(request.body) > limit:
+                self.ledger.audit("notify", "rejected", provider=first.fullName, verified=False,
+                                  error_code="BODY_TOO_LARGE", message=f"body over {limit} bytes")
+                return first.notify_reply(False, "body too large")
+            try:
+                fields = first.parse_notify(request)
+            except NotifyInvalid as exc:
+                self.ledger.audit("notify", "rejected", provider=first.fullName, verified=False,
+                                  error_code=exc.code, message=exc.message,
+                                  payload=request.body[:4096].decode("utf-8", "replace"))
+                return first.notify_reply(False, exc.message)
+            return self.handle_notify(providerName, fields)
+        except Exception:
+            log.exception("the %s notification could not be handled", providerName)
+            return first.notify_reply(False, "internal error")
+
+    def handle_notify_body(self, providerName: str, body: bytes, contentType: str | None = None) -> Response:
+        """A notification's raw body and content type (the form before :meth:`handleNotify` took the whole request),
+        as a Starlette response."""
+        return self._reply(self.handleNotify(providerName, NotifyRequest.of(body, contentType)))
 
     def handle_notify(self, providerName: str, fields: Mapping[str, Any]) -> Any:
         """Verify a notification with the provider element it is addressed to, then apply it. Returns the provider's
@@ -403,24 +427,32 @@ class PaySvc(NormalService):
                           message=error.message, payload=fields)
         return candidates[0].notify_reply(False, error.message)
 
-    def notify_providers(self, providerName: str) -> list[PayProvider]:
-        """The configured payment elements of one provider kind (``alipay``, ``wechat``), for notifications."""
-        if self._notify_providers is None:
-            found: dict[str, list[PayProvider]] = {}
+    def configured_providers(self) -> list[PayProvider]:
+        """Every payment element the app configures (its YAML or its ``elementDirs`` declare or override it: a
+        non-Meta element whose type chain reaches ``pays.Meta``), by fullName. A plugin's provider that the app does
+        not configure is not among them, even if it would load."""
+        if self._configured is None:
+            found: list[PayProvider] = []
             for name in self.app.elementNames():
                 define = self.app.getDefine(name)
-                if define.kind == "Meta" or not self.app.isA(name, PAY_META):
+                if define.kind == "Meta" or not self.app.configures(name) or not self.app.isA(name, PAY_META):
                     continue
                 try:
                     element = self.app.loadElement(name)
-                except ConfigError:
-                    continue  # declared but not configured in this app
+                except ConfigError:  # loading the app loads what it configures: only a lazy subclass gets here
+                    log.exception("payment element %s does not load", name)
+                    continue
                 if isinstance(element, PayProvider):
-                    found.setdefault(element.providerName, []).append(element)
-            self._notify_providers = found
-        providers = self._notify_providers.get(providerName)
+                    found.append(element)
+            self._configured = found
+        return self._configured
+
+    def notify_providers(self, providerName: str) -> list[PayProvider]:
+        """The configured payment elements of one provider (``alipay``, ``wechat``, a plugin's ``providerName``),
+        for notifications; UNKNOWN_PAY_TYPE (HTTP 404) when there is none."""
+        providers = [p for p in self.configured_providers() if p.providerName == providerName]
         if not providers:
-            raise UnknownPayType(f"no {providerName} payment element is configured in this app")
+            raise UnknownPayType(f"no {providerName!r} payment element is configured in this app", http_status=404)
         return providers
 
     # -- background work ----------------------------------------------------------------------------------------------
