@@ -4,6 +4,10 @@ Each converter takes a value and returns the converted value, or raises ``ValueE
 deliberately strict (a bool is not an Integer, a number is not text) and they never let a binary float through:
 ``Numeric``/``Money`` go through ``str``, so ``99.99`` arrives as ``Decimal("99.99")``. Text forms of numbers and
 booleans are accepted so that the CLI (``key=value``) and query strings work.
+
+Text holds no C0 control character (U+0000 to U+001F) but tab; ``Ltext`` also carries line breaks (``\n``, ``\r``),
+``Stext`` is one line. Such characters are refused at the door because no payment provider, XML document or log
+line carries them safely (DEL and the C1 controls are valid XML and JSON and are kept).
 """
 
 from __future__ import annotations
@@ -18,11 +22,20 @@ _INTEGER_TEXT = re.compile(r"^[+-]?\d{1,30}$")
 STEXT_MAX = 255
 
 
-def _ltext(value: Any) -> str:
+#: control characters refused in text: every C0 control but tab, line feed and carriage return (Ltext); Stext is
+#: one line, so it refuses the line breaks too
+_LTEXT_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_STEXT_CONTROL = re.compile("[\x00-\x08\x0a-\x1f]")
+
+
+def _text(value: Any, control: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected text, got {type(value).__name__}")
-    if "\x00" in value:
-        raise ValueError("text must not contain NUL characters")
+    found = control.search(value)
+    if found:
+        char = found.group()
+        name = "NUL characters" if char == "\x00" else f"control characters (U+{ord(char):04X} at {found.start()})"
+        raise ValueError(f"{what} must not contain {name}")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -30,8 +43,12 @@ def _ltext(value: Any) -> str:
     return value
 
 
+def _ltext(value: Any) -> str:
+    return _text(value, _LTEXT_CONTROL, "text")
+
+
 def _stext(value: Any) -> str:
-    value = _ltext(value)
+    value = _text(value, _STEXT_CONTROL, "one-line text")
     if len(value) > STEXT_MAX:
         raise ValueError(f"text longer than {STEXT_MAX} characters")
     return value

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from decimal import Decimal
 from typing import Any, Iterable, Iterator
 
 import httpx
@@ -145,6 +146,25 @@ def test_amount_is_exact_both_ways(api: httpx.Client, raw: bytes, shown: str) ->
     ("create", {"subject": "x", "amount": "100000000000"}, "AMOUNT_INVALID", None),
     ("create", {"subject": "x", "amount": "1.00", "orderId": "a b/../c"}, "ORDER_ID_INVALID", None),
     ("create", {"subject": "   ", "amount": "1.00"}, "SUBJECT_INVALID", None),
+    # text a provider cannot carry (issue 11, item 1): refused at the door, naming the argument
+    ("create", {"subject": "VIP\x1f", "amount": "1.00"}, "ARGUMENT_INVALID", "subject"),
+    ("create", {"subject": "a\x07b", "amount": "1.00"}, "ARGUMENT_INVALID", "subject"),
+    ("create", {"subject": "two\nlines", "amount": "1.00"}, "ARGUMENT_INVALID", "subject"),
+    ("create", {"subject": "VIP\r", "amount": "1.00"}, "ARGUMENT_INVALID", "subject"),
+    ("create", {"subject": "VIP\ufffe", "amount": "1.00"}, "SUBJECT_INVALID", "subject"),
+    ("create", {"subject": "VIP\uffff", "amount": "1.00"}, "SUBJECT_INVALID", "subject"),
+    ("refund", {"orderId": "ORDER_X1", "reason": "a\x1fb"}, "ARGUMENT_INVALID", "reason"),
+    ("refund", {"orderId": "ORDER_X1", "reason": "\uffff"}, "ARGUMENT_INVALID", "reason"),
+    ("getPayUrl", {"orderId": "ORDER_X1", "fullName": "pays.WechatPayType", "payType": "pc",
+                   "clientIp": "999.1.1.1"}, "ARGUMENT_INVALID", "clientIp"),
+    ("getPayUrl", {"orderId": "ORDER_X1", "fullName": "pays.WechatPayType", "payType": "pc",
+                   "clientIp": "<a>"}, "ARGUMENT_INVALID", "clientIp"),
+    ("getPayUrl", {"orderId": "ORDER_X1", "fullName": "pays.WechatPayType", "payType": "pc",
+                   "clientIp": "1.2.3.4\n"}, "ARGUMENT_INVALID", "clientIp"),
+    ("getPayUrl", {"orderId": "ORDER_X1", "fullName": "pays.WechatPayType", "payType": "pc",
+                   "clientIp": "fe80::1%eth0"}, "ARGUMENT_INVALID", "clientIp"),
+    ("getPayUrl", {"orderId": "ORDER_X1", "fullName": "pays.WechatPayType", "payType": "pc",
+                   "clientIp": ""}, "ARGUMENT_INVALID", "clientIp"),
 ])
 def test_bad_arguments_are_400(live: LiveApp, api: httpx.Client, function: str, body: dict, code: str,
                                mentions: str | None) -> None:
@@ -182,6 +202,52 @@ def test_lone_surrogate_in_text_is_400_not_500(live: LiveApp, api: httpx.Client,
     # JSON allows the escape "\ud800"; Python decodes it to a lone surrogate, which is not text any database stores.
     response = api.post(f"{SVC}/{function}", content=raw, headers={"content-type": "application/json"})
     assert_error(live, response, 400, ("BAD_REQUEST", "ARGUMENT_INVALID"))
+
+
+def test_text_a_provider_cannot_carry_is_refused_before_anything_is_stored_or_sent(
+        live: LiveApp, api: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jitpay_sandbox.registry import sandbox_of
+
+    wechat = sandbox_of(live.app, "wechat")
+    provider = live.app.loadElement("pays.WechatPayType")
+    handed: dict[str, Any] = {}
+    prepare = provider.prepare
+
+    def recording_prepare(order: Any, payType: str, *, clientIp: str | None = None) -> Any:
+        handed[order.orderId] = clientIp
+        return prepare(order, payType, clientIp=clientIp)
+
+    monkeypatch.setattr(provider, "prepare", recording_prepare)
+    order_id = create(api, "Carry me", "2.22")["orderId"]
+    sent = list(wechat.references())
+    for client_ip in ("999.1.1.1", "<a>", "1.2.3", "::g", "1.2.3.4/24", "a\x1fb"):
+        response = api.post(f"{SVC}/getPayUrl", json={"orderId": order_id, "fullName": "pays.WechatPayType",
+                                                      "payType": "pc", "clientIp": client_ip})
+        error = assert_error(live, response, 400, "ARGUMENT_INVALID")
+        assert "clientIp" in error["message"]
+    assert wechat.references() == sent  # nothing went to WeChat Pay
+    # an address is sent in its canonical form (an IPv4-mapped IPv6 address as IPv4)
+    for client_ip, expected in (("::ffff:10.1.2.3", "10.1.2.3"), (" 2001:DB8::1 ", "2001:db8::1")):
+        mine = create(api, "Carry me", "2.22")["orderId"]
+        response = api.post(f"{SVC}/getPayUrl", json={"orderId": mine, "fullName": "pays.WechatPayType",
+                                                      "payType": "pc", "clientIp": client_ip})
+        assert response.status_code == 200, response.text
+        assert handed[mine] == expected
+
+    # a refund reason with a control character is refused before the refund is reserved or sent
+    paid_id = create(api, "Refund me", "3.33")["orderId"]
+    prepared = api.post(f"{SVC}/getPayUrl", json={"orderId": paid_id, "fullName": "pays.WechatPayType",
+                                                  "payType": "pc"})
+    pay_in_wallet(prepared.json()["payUrl"])
+    wait_for(lambda: query(api, paid_id)["status"] == "success")
+    for reason in ("oops\x07", "line\nbreak", "\ufffe"):
+        response = api.post(f"{SVC}/refund", json={"orderId": paid_id, "reason": reason, "refundId": "RF-CTRL"})
+        error = assert_error(live, response, 400, "ARGUMENT_INVALID")
+        assert "reason" in error["message"]
+    assert query(api, paid_id)["refunds"] == [] and wechat.captured(paid_id) == Decimal("3.33")
+    assert wechat.trade(paid_id)["refunded_fee"] == 0
+    refunded = api.post(f"{SVC}/refund", json={"orderId": paid_id, "reason": "tab\tis fine", "refundId": "RF-CTRL"})
+    assert refunded.status_code == 200 and refunded.json()["status"] == "confirmed", refunded.text
 
 
 # -- 401 / 403 and public functions --------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ def typed(make_app: Any) -> Any:
 ACCEPT = [
     ("Stext", "hello", "hello"), ("Stext", "x" * 255, "x" * 255), ("Stext", "中文", "中文"),
     ("Ltext", "y" * 10000, "y" * 10000),
+    # tab everywhere; line breaks in Ltext only; DEL and the C1 controls are valid XML and JSON text
+    ("Stext", "a\tb", "a\tb"), ("Ltext", "line 1\r\nline 2\n\tend", "line 1\r\nline 2\n\tend"),
+    ("Stext", "a\x7fb\x85", "a\x7fb\x85"), ("Ltext", "a\x7fb\x9f", "a\x7fb\x9f"),
     ("Integer", 7, 7), ("Integer", -3, -3), ("Integer", "42", 42),
     ("Numeric", 99.99, Decimal("99.99")), ("Numeric", 1, Decimal("1")), ("Numeric", "0.1", Decimal("0.1")),
     ("Numeric", Decimal("1.005"), Decimal("1.005")),
@@ -37,6 +40,9 @@ ACCEPT = [
 REJECT = [
     ("Stext", 5), ("Stext", "x" * 256), ("Stext", b"bytes"), ("Stext", "a\x00b"), ("Stext", "\ud800"),
     ("Ltext", "a\x00b"), ("Ltext", "x\udfff"), ("Ltext", 1.5), ("Ltext", ["a"]),
+    # C0 control characters (issue 11): every one but tab in Stext, every one but tab, LF and CR in Ltext
+    *[("Stext", f"a{chr(c)}b") for c in range(0x20) if c != 0x09],
+    *[("Ltext", f"a{chr(c)}b") for c in range(0x20) if c not in (0x09, 0x0A, 0x0D)],
     ("Integer", True), ("Integer", 1.5), ("Integer", "1.5"), ("Integer", "abc"), ("Integer", []),
     ("Numeric", True), ("Numeric", "abc"), ("Numeric", [1]), ("Money", "1,00"), ("Money", {}),
     ("Boolean", 1), ("Boolean", "maybe"), ("JitDict", [1]), ("JitDict", "a=1"), ("JitList", {"a": 1}),
@@ -80,3 +86,13 @@ def test_positional_and_keyword(typed: Any) -> None:
 def test_optional_arguments_left_out_use_the_method_default(typed: Any) -> None:
     assert typed.echo() == {}
     assert typed.echo(stext=None) == {}
+
+
+@pytest.mark.parametrize("data_type, value, position", [("Stext", "ok\x1f", 2), ("Ltext", "\x07bell", 0),
+                                                       ("Stext", "one\nline", 3)])
+def test_a_control_character_is_named_with_its_position(typed: Any, data_type: str, value: str,
+                                                        position: int) -> None:
+    with pytest.raises(ArgumentError) as info:
+        typed.echo(**{data_type.lower(): value})
+    assert f"U+{ord(value[position]):04X} at {position}" in info.value.message
+    assert info.value.details == {"argument": data_type.lower()}

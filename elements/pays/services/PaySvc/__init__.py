@@ -16,6 +16,7 @@ order, a payment or a refund goes through :mod:`.ledger`; whatever must happen a
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import logging
 import re
 import secrets
@@ -38,7 +39,7 @@ from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_o
 from elements.pays.services.PaySvc.ledger import (CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit, Ledger,
                                                   as_utc, payment_dict, refund_dict, utcnow)
 from elements.services.NormalType import NormalService
-from jitcore.errors import ConfigError, ElementNotFound
+from jitcore.errors import ArgumentError, ConfigError, ElementNotFound
 
 log = logging.getLogger("jitpay")
 
@@ -51,6 +52,9 @@ MIN_PAY_WINDOW = timedelta(minutes=6)
 #: how often a polling page may make PaySvc ask the providers about one pending order
 REFRESH_INTERVAL = timedelta(seconds=15)
 REFUND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: what no provider carries in a subject or a refund reason: C0 control characters but tab (line breaks included:
+#: both are one line), the noncharacters U+FFFE and U+FFFF (not XML) and lone surrogates (not UTF-8)
+UNSAFE_TEXT = re.compile("[\x00-\x08\x0a-\x1f\ufffe\uffff\ud800-\udfff]")
 CASHIER_PATH = "/pays/cashier/{orderId}"
 #: ``settings.pays`` keys and their defaults
 PAY_SETTINGS = {"surplus": "refund", "payTimeoutMinutes": 120}
@@ -83,6 +87,7 @@ class PaySvc(NormalService):
         ``orderId`` again with the same subject and amount returns that order; with others it is DUPLICATE_ORDER."""
         if not subject or not subject.strip():
             raise SubjectInvalid("subject must be non-empty text")
+        self._check_text("create", "subject", subject)
         value = parse_amount(amount)
         order_id = check_order_id(orderId) if orderId is not None else new_order_id()
         now = utcnow()
@@ -98,8 +103,12 @@ class PaySvc(NormalService):
         """Prepare a payment of the order with payment element ``fullName``: ``pc`` gives QR content in ``payUrl``
         and a PNG QR image in ``qrCode``; ``mobile`` (and Alipay's ``page``) gives a link. A still-valid earlier
         preparation of the same kind is reused. Every trade expires at the provider when the order's payment window
-        ends (``expiresAt``)."""
+        ends (``expiresAt``). ``clientIp`` must be an IPv4 or IPv6 address."""
+        if clientIp is not None:
+            clientIp = self._client_ip(clientIp)
         order = self._pending_order(orderId)
+        if UNSAFE_TEXT.search(order.subject):  # stored before such characters were refused
+            raise SubjectInvalid(f"order {orderId}'s subject holds a character payment providers cannot carry")
         provider = self.provider(fullName)
         if payType not in provider.payTypes:
             raise UnsupportedPayType(f"{fullName} does not support payType {payType!r}; supported: "
@@ -166,6 +175,8 @@ class PaySvc(NormalService):
         """Refund ``amount`` (default: all that is left) of the order's accepted payment, or of payment
         ``paymentId`` (a surplus the app keeps). Idempotent per ``refundId``: the same id always returns the same
         refund. Never more than a payment captured, whatever runs concurrently."""
+        if reason is not None:
+            self._check_text("refund", "reason", reason)
         order = self._order(orderId)
         if refundId is not None and not REFUND_ID_RE.match(refundId):
             raise RefundInvalid("refundId must be 1 to 64 letters, digits, '_' or '-'")
@@ -251,7 +262,9 @@ class PaySvc(NormalService):
         """Send an open refund to its payment's provider with its own id and record the outcome: ``confirmed``;
         ``refused`` (a definite no: the reservation is released); or ``unknown`` (no answer, an unreadable one, a
         "system error", or any other exception: it stays counted and a job asks again with the same id). Raises the
-        provider's error in the last two cases. Returns the refund as it is afterwards."""
+        provider's error in the last two cases; any other exception becomes a :class:`ProviderError` with
+        ``details["outcomeUnknown"]`` (so a caller never sees a bare RuntimeError from deep inside). Returns the
+        refund as it is afterwards."""
         if refund.status not in OPEN_REFUND or not self.ledger.refund_sent(refund.id):
             found = self.ledger.refund(refund.id)
             assert found is not None
@@ -280,7 +293,14 @@ class PaySvc(NormalService):
             raise
         except BaseException as exc:  # whatever happened, the provider may have refunded: keep it counted
             self.ledger.refund_unknown(refund.id, type(exc).__name__, str(exc)[:2000], audit, retry_in=60.0)
-            raise
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: let the process stop
+                raise
+            log.exception("refund %s of order %s: unexpected %s while sending it; its outcome is unknown",
+                          refund.refundId, refund.orderId, type(exc).__name__)
+            raise ProviderError(f"refund {refund.refundId} of order {refund.orderId} failed unexpectedly "
+                                f"({type(exc).__name__}); its outcome is unknown: it stays counted and is asked "
+                                f"about again with the same refundId",
+                                details={"refundId": refund.refundId, "outcomeUnknown": True}) from exc
         audit.payload = {**audit.payload, **dict(result.raw)}
         return self.ledger.confirm_refund(refund.id, result.refundNo, audit)
 
@@ -514,6 +534,33 @@ class PaySvc(NormalService):
         if order is None or not token or not hmac.compare_digest(order.cashierToken.encode(), token.encode()):
             return None
         return order
+
+    def _check_text(self, function: str, argument: str, text: str) -> None:
+        """Refuse text a provider cannot carry (:data:`UNSAFE_TEXT`): SUBJECT_INVALID for the subject,
+        ARGUMENT_INVALID for other arguments, naming it, before anything is stored or sent."""
+        found = UNSAFE_TEXT.search(text)
+        if found is None:
+            return
+        message = (f"{self.fullName}.{function}: argument '{argument}' holds U+{ord(found.group()):04X} at "
+                   f"{found.start()}, a character payment providers cannot carry (control characters but tab, "
+                   f"U+FFFE, U+FFFF)")
+        details = {"argument": argument}
+        if argument == "subject":
+            raise SubjectInvalid(message, details=details)
+        raise ArgumentError(message, details=details)
+
+    def _client_ip(self, clientIp: str) -> str:
+        """The buyer's address as a provider takes it: an IPv4 or IPv6 address (an IPv4-mapped IPv6 address as its
+        IPv4 form), else ARGUMENT_INVALID."""
+        try:
+            address = ipaddress.ip_address(clientIp.strip(" "))
+        except ValueError:
+            address = None
+        if address is None or getattr(address, "scope_id", None):
+            raise ArgumentError(f"{self.fullName}.getPayUrl: argument 'clientIp' must be an IPv4 or IPv6 address",
+                                details={"argument": "clientIp"})
+        mapped = getattr(address, "ipv4_mapped", None)
+        return str(mapped or address)
 
     @staticmethod
     def order_view(order: Row) -> OrderView:

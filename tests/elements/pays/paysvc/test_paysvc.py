@@ -115,6 +115,38 @@ def test_create_checks_arguments(pay: Any) -> None:
     assert info.value.code == "SUBJECT_INVALID"
 
 
+@pytest.mark.parametrize("subject", ["VIP\x1f", "\x07bell", "a\nb", "a\rb", "a\x00b"])
+def test_text_a_provider_cannot_carry_is_refused_at_the_door(app: Any, pay: Any, subject: str) -> None:
+    with pytest.raises(ArgumentError) as info:
+        pay.create(subject, "1.00", "CTRL_ORDER_1")
+    assert info.value.details == {"argument": "subject"} and "'subject'" in info.value.message
+    # PaySvc checks its own fields too, for callers inside the process (which skip the declared-function check)
+    svc = app.loadElement("pays.services.PaySvc")
+    with pytest.raises(Exception) as inner:
+        svc.create(subject, Decimal("1.00"), "CTRL_ORDER_1")
+    assert inner.value.code in ("SUBJECT_INVALID", "ARGUMENT_INVALID") and "subject" in inner.value.message
+    with pytest.raises(Exception) as absent:
+        pay.query(orderId="CTRL_ORDER_1")
+    assert absent.value.code == "ORDER_NOT_EXIST"
+
+
+def test_client_ip_and_reason_are_checked_before_anything_is_sent(app: Any, pay: Any) -> None:
+    svc = app.loadElement("pays.services.PaySvc")
+    order_id = pay.create("Book", "10.00")["orderId"]
+    for client_ip in ("999.1.1.1", "<a>", "1.2.3.4\n", "", "localhost", "fe80::1%eth0"):
+        with pytest.raises(ArgumentError) as info:
+            svc.getPayUrl(order_id, FAKE, "pc", client_ip)
+        assert info.value.details == {"argument": "clientIp"}
+    assert fake_class(app).prepared == []
+    assert pay.getPayUrl(orderId=order_id, fullName=FAKE, payType="pc", clientIp="2001:db8::1")["payUrl"]
+    paid_id = _paid_order(app, pay)
+    for reason in ("a\x1fb", "\ufffe"):
+        with pytest.raises(ArgumentError) as info:
+            svc.refund(paid_id, reason=reason)
+        assert info.value.details == {"argument": "reason"}
+    assert pay.query(orderId=paid_id)["refunds"] == [] and fake_class(app).refunds == {}
+
+
 def test_generated_ids_are_unique_and_time_ordered_under_threads(pay: Any) -> None:
     ids: list[str] = []
     lock = threading.Lock()
@@ -443,11 +475,21 @@ def test_an_unknown_outcome_is_retried_by_a_job_with_the_same_id(app: Any, pay: 
 def test_any_exception_while_refunding_leaves_a_defined_state(app: Any, pay: Any) -> None:
     order_id = _paid_order(app, pay)
     fake_class(app).fail_next.append(RuntimeError("the process is going down"))  # type: ignore[arg-type]
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ProviderError) as failed:  # never a bare RuntimeError from deep inside
         pay.refund(orderId=order_id, amount="4.00", refundId="RX")
+    assert failed.value.details == {"refundId": "RX", "outcomeUnknown": True}
+    assert isinstance(failed.value.__cause__, RuntimeError)
     [refund] = pay.query(orderId=order_id)["refunds"]
     assert refund["status"] == "unknown" and refund["error"]["code"] == "RuntimeError"
     assert pay.refund(orderId=order_id, amount="4.00", refundId="RX")["status"] == "confirmed"
+    # a generated refundId is in the error's details too, so the caller can finish that very refund
+    fake_class(app).fail_next.append(KeyError("deep inside"))  # type: ignore[arg-type]
+    with pytest.raises(ProviderError) as generated:
+        pay.refund(orderId=order_id, amount="1.00")
+    refund_id = generated.value.details["refundId"]
+    assert refund_id.startswith("R") and generated.value.details["outcomeUnknown"] is True
+    assert pay.refund(orderId=order_id, amount="1.00", refundId=refund_id)["status"] == "confirmed"
+    assert pay.query(orderId=order_id)["refundedAmount"] == Decimal("5.00")
 
 
 def test_concurrent_refunds_never_exceed_the_paid_amount(app: Any, pay: Any) -> None:
