@@ -10,6 +10,7 @@ by the app unless the app defines it.
 from __future__ import annotations
 
 import difflib
+import os
 import threading
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -54,7 +55,37 @@ class ElementIndex:
                             self.sources[fullName].append(source)
         # the app YAML's own entries are the very top
         for fullName, model in self.app.model.elements.items():
+            if not (model.type or model.class_ or self.sources.get(fullName)):
+                raise ConfigError(f"elements.{fullName}: no layer defines {fullName}, so this entry overrides "
+                                  f"nothing, and it gives no type (or class) to be a new element"
+                                  f"{self._missing_hint(fullName)}", details={"fullName": fullName})
             self.sources[fullName].append(ElementSource(fullName, model, "app", 0))
+
+    def _missing_hint(self, fullName: str) -> str:
+        """Why ``fullName`` may be undefined: close matches, and the installed plugin that ships it but is switched
+        off (``JIT_PLUGINS``), or else what is switched off or installed."""
+        from jitcore.plugins import PLUGINS_ENV, installed_entry_points, ships_element, switched_off_entry_points
+
+        parts = []
+        close = self.suggest(fullName)
+        if close:
+            parts.append(f"did you mean {', '.join(close)}?")
+        off = switched_off_entry_points()
+        owner = next((ep for ep in off if ships_element(ep, fullName)), None)
+        setting = f"{PLUGINS_ENV}={os.environ.get(PLUGINS_ENV, '')!r}"
+        if owner is not None:
+            parts.append(f"it comes from the installed plugin {owner.name!r} ({owner.value}), which {setting} "
+                         f"switches off: add {owner.name} to {PLUGINS_ENV}")
+        elif not any(name.split(".", 1)[0] == fullName.split(".", 1)[0] for name in self.sources):
+            # nothing of its namespace is defined: a plugin's element, most likely
+            if off:
+                parts.append(f"if a plugin provides it: {setting} switches off the installed plugins "
+                             f"{', '.join(ep.name for ep in off)}")
+            else:
+                on = ", ".join(ep.name for ep in installed_entry_points()) or "none"
+                parts.append(f"if a plugin provides it, that plugin is not installed (installed plugins: {on}) "
+                             f"or not listed under plugins:")
+        return "; " + "; ".join(parts) if parts else ""
 
     def names(self) -> list[str]:
         """Every fullName any layer defines, sorted."""
@@ -109,9 +140,7 @@ class ElementIndex:
         if own_type:
             parent = self._resolve(own_type, chain + (fullName,))
             if parent is None:
-                close = self.suggest(own_type)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise ConfigError(f"{fullName}: its type {own_type} is not defined{hint}")
+                raise ConfigError(f"{fullName}: its type {own_type} is not defined{self._missing_hint(own_type)}")
             if parent.accessModifier == "private" and parent.sources[-1].layer != sources[-1].layer:
                 raise ConfigError(f"{fullName}: type {own_type} is private to layer {parent.sources[-1].layer}")
             config = deep_merge(parent.config, config)

@@ -82,6 +82,28 @@ def installed_entry_points() -> list[importlib.metadata.EntryPoint]:
     return [ep for ep in points if ep.name in names]
 
 
+def switched_off_entry_points() -> list[importlib.metadata.EntryPoint]:
+    """Installed plugins that ``JIT_PLUGINS`` leaves out (none when it is unset), sorted by name."""
+    if os.environ.get(PLUGINS_ENV) is None:
+        return []
+    kept = {ep.name for ep in installed_entry_points()}
+    return sorted((ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name not in kept),
+                  key=lambda ep: ep.name)
+
+
+def ships_element(ep: importlib.metadata.EntryPoint, fullName: str) -> bool:
+    """Whether the distribution of an entry point ships an element folder for ``fullName`` (judged from its
+    installed files, without importing it; an editable install lists none, so its package name must match the
+    fullName's first part)."""
+    wanted = "/".join(fullName.split(".")) + "/e.yaml"
+    dist = getattr(ep, "dist", None)
+    files = (dist.files if dist is not None else None) or []
+    if any(str(f).replace("\\", "/").endswith(wanted) for f in files):
+        return True
+    namespace = fullName.split(".", 1)[0].lower()
+    return namespace in (ep.name.lower(), ep.value.split(".", 1)[0].split(":", 1)[0].lower())
+
+
 def _import_plugin(module_name: str, what: str) -> Any:
     try:
         return importlib.import_module(module_name)
