@@ -2,8 +2,10 @@
 
 - ``POST /api/{appId}/{element/path}/{function}``: every declared function, JSON body of its arguments in, JSON
   result out, checked exactly as Python calls are. Needs ``Authorization: Bearer <API key>`` unless the function is
-  declared ``public``.
-- ``GET /openapi.json``: an OpenAPI 3.1 document generated from the ``functionList`` declarations.
+  declared ``public``. The key is checked before the path is looked up: without a valid key, any path but a public
+  function's answers the same 401/403, whether or not it names an element or a function.
+- ``GET /openapi.json``: an OpenAPI 3.1 document generated from the ``functionList`` declarations (without a valid
+  API key: the public functions only).
 - ``GET /healthz``: checks the database.
 - every route plugins return from ``jit_routes``, mounted first (so a plugin can replace a built-in path).
 
@@ -86,6 +88,29 @@ def check_api_key(app: "App", request: Request) -> None:
         raise Forbidden("the API key is not valid for this app")
 
 
+def has_api_key(app: "App", request: Request) -> bool:
+    """Whether the request carries one of the app's API keys."""
+    try:
+        check_api_key(app, request)
+    except AuthError:
+        return False
+    return True
+
+
+def public_function(app: "App", app_id: str, path: str) -> bool:
+    """Whether ``/api/{app_id}/{path}`` names a function declared ``public`` (callable without the API key)."""
+    if app_id != app.appId:
+        return False
+    element_path, _, function = path.strip("/").rpartition("/")
+    if not element_path or not function:
+        return False
+    try:
+        spec = app.getDefine(element_path.replace("/", ".")).function(function)
+    except Exception:  # unknown, private or broken: an anonymous caller is told nothing about it either way
+        return False
+    return spec is not None and spec.public
+
+
 class BodyTooLarge(ApiError):
     """A request body over the endpoint's limit."""
 
@@ -128,6 +153,14 @@ def function_endpoint(app: "App") -> Any:
 
     async def endpoint(request: Request) -> Response:
         try:
+            try:
+                check_api_key(app, request)
+            except AuthError:
+                # without a valid key only a public function is reachable; any other path gets the same 401/403,
+                # so an anonymous caller learns nothing about the app's elements
+                if not await run_in_threadpool(public_function, app, request.path_params["appId"],
+                                               request.path_params["path"]):
+                    raise
             if request.path_params["appId"] != app.appId:
                 raise ElementNotFound(f"no app {request.path_params['appId']} here")
             path = request.path_params["path"].strip("/")
@@ -140,8 +173,6 @@ def function_endpoint(app: "App") -> Any:
             if spec is None:
                 raise FunctionNotFound(f"{fullName} declares no function {function}",
                                        details={"fullName": fullName, "function": function})
-            if not spec.public:
-                check_api_key(app, request)
             arguments = await read_json_body(request)
             proxy = await run_in_threadpool(app.getElement, fullName)
             result = await run_in_threadpool(lambda: proxy._functions[function](**arguments))
@@ -159,8 +190,9 @@ def function_endpoint(app: "App") -> Any:
     return endpoint
 
 
-def openapi_document(app: "App") -> dict[str, Any]:
-    """An OpenAPI 3.1 document of every declared function of every visible element."""
+def openapi_document(app: "App", *, public_only: bool = False) -> dict[str, Any]:
+    """An OpenAPI 3.1 document of every declared function of every visible element (``public_only``: of the
+    functions declared public, what a caller without the API key may see)."""
     paths: dict[str, Any] = {}
     for fullName in app.elementNames():
         try:
@@ -170,6 +202,8 @@ def openapi_document(app: "App") -> dict[str, Any]:
         if define.accessModifier == "private" and define.layer != "app":
             continue
         for spec in define.functionList:
+            if public_only and not spec.public:
+                continue
             properties = {}
             for arg in spec.args:
                 schema = dict(JSON_SCHEMAS[arg.dataType])
@@ -223,8 +257,9 @@ def build_asgi_app(app: "App", *, debug: bool = False) -> Starlette:
     for contributed in app.hook.jit_routes(app=app):
         routes.extend(contributed or [])
 
-    async def openapi(_: Request) -> JSONResponse:
-        return JSONResponse(await run_in_threadpool(openapi_document, app))
+    async def openapi(request: Request) -> JSONResponse:
+        public_only = not has_api_key(app, request)
+        return JSONResponse(await run_in_threadpool(lambda: openapi_document(app, public_only=public_only)))
 
     async def healthz(_: Request) -> JSONResponse:
         def probe() -> None:

@@ -293,6 +293,51 @@ def test_every_protected_function_needs_the_key(live: LiveApp, anonymous: httpx.
         assert_error(live, anonymous.post(path, json={}, headers={"Authorization": "Bearer nope"}), 403, "FORBIDDEN")
 
 
+ANONYMOUS_PATHS = [
+    "/api/shop/pays/services/PaySv/create",        # a typo of an element: no "did you mean"
+    "/api/shop/pays/services/PaySvc/create",       # a protected function
+    "/api/shop/pays/services/PaySvc/nope",         # an undeclared function of an element that exists
+    "/api/shop/pays/services/PaySvc/jit_setup",    # a Python method that is not declared
+    "/api/shop/pays/AliPayType/query",             # a Type element
+    "/api/shop/pays/Meta/query",                   # a Meta element
+    "/api/shop/nothing/here/at/all",               # no such element
+    "/api/shop/query",                             # no element path
+    "/api/shop/",                                  # nothing at all
+    "/api/other/pays/services/PaySvc/query",       # another app id
+    "/api/shop/pays/services/PaySvc/alipayNotify/x",  # a public function's name as an element path
+]
+
+
+@pytest.mark.parametrize("headers, status, code", [({}, 401, "UNAUTHORIZED"),
+                                                   ({"Authorization": "Bearer wrong-key"}, 403, "FORBIDDEN")],
+                         ids=["no-key", "wrong-key"])
+def test_anonymous_callers_learn_nothing(live: LiveApp, headers: dict, status: int, code: str) -> None:
+    """The key is checked before the path is looked up: without a valid key every path but a public function's
+    answers the very same 401/403, whether it names an element, a function, a typo or nothing at all."""
+    bodies = set()
+    with httpx.Client(base_url=live.url, timeout=10, headers=headers) as client:
+        for path in ANONYMOUS_PATHS:
+            response = client.post(path, json={"orderId": "ORDER_X1", "subject": "x", "amount": "1.00"})
+            error = assert_error(live, response, status, code)
+            assert "PaySvc" not in error["message"] and "mean" not in error["message"], (path, error)
+            bodies.add(response.content)
+    assert len(bodies) == 1, bodies
+    with live.client() as api:  # with the key the same typo is a 404 with a suggestion, as before
+        error = assert_error(live, api.post(ANONYMOUS_PATHS[0], json={}), 404, "ELEMENT_NOT_FOUND")
+        assert "pays.services.PaySvc" in error["message"]
+
+
+def test_the_openapi_document_shows_anonymous_callers_the_public_functions_only(live: LiveApp) -> None:
+    with httpx.Client(base_url=live.url, timeout=10) as anonymous:
+        public = anonymous.get("/openapi.json")
+        wrong = anonymous.get("/openapi.json", headers={"Authorization": "Bearer wrong-key"})
+    assert public.status_code == wrong.status_code == 200 and public.json() == wrong.json()
+    assert set(public.json()["paths"]) == {f"{SVC}/alipayNotify", f"{SVC}/wechatNotify"}
+    with live.client() as api:
+        everything = api.get("/openapi.json").json()
+    assert f"{SVC}/create" in everything["paths"] and set(public.json()["paths"]) < set(everything["paths"])
+
+
 def test_the_key_is_accepted_in_any_scheme_case(live: LiveApp) -> None:
     with httpx.Client(base_url=live.url, timeout=10, headers={"Authorization": f"bearer {API_KEY}"}) as client:
         assert client.post(f"{SVC}/create", json={"subject": "x", "amount": "1.00"}).status_code == 200
