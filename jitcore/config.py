@@ -64,6 +64,9 @@ class ElementModel(_Strict):
     class_: str | None = Field(default=None, alias="class", pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     functionList: list[FunctionModel] | None = None
     config: dict[str, Any] = {}
+    #: how a chooser page presents the element (the payment cashier: ``title``, ``icon``, ``color``, ``order``);
+    #: free-form here, read and checked by the page that shows it
+    cashier: dict[str, Any] | None = None
 
     @field_validator("functionList")
     @classmethod

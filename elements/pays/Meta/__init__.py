@@ -276,6 +276,13 @@ class PayProvider(Element):
                                       f"parse_notify_body")
         return self.parse_notify(NotifyRequest.of(body, contentType))
 
+    def notify_order_id(self, fields: Mapping[str, Any]) -> str | None:
+        """The order id a parsed notification names, *unverified*: PaySvc only uses it to try first the element that
+        offered that order and to file a rejected notification under its order. The default reads
+        ``out_trade_no`` (Alipay's and WeChat Pay's field)."""
+        value = fields.get("out_trade_no")
+        return value if isinstance(value, str) else None
+
     def notify_url(self) -> str:
         """Where the provider should post this element's notifications: ``config.notifyUrl`` when set, else the
         app's ``baseUrl`` + ``/api/{appId}/pays/services/PaySvc/`` + :attr:`notifyPath` (the generic route

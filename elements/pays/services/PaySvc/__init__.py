@@ -425,8 +425,7 @@ class PaySvc(NormalService):
         :class:`NotifyReply`. Forged, tampered or mismatched notifications change nothing and are recorded."""
         providers = self.notify_providers(providerName)
         fields = {str(k): v for k, v in fields.items()}
-        order_id = fields.get("out_trade_no")
-        order_id = order_id if isinstance(order_id, str) else None
+        order_id = providers[0].notify_order_id(fields)
         candidates = providers
         if order_id and ORDER_ID_RE.match(order_id):
             offered = self.ledger.offered_providers(order_id)
