@@ -105,19 +105,50 @@ def serve_command(app_yaml: str, host: str, port: int, workers: int) -> None:
 
     import uvicorn
 
+    from jitcore.http import build_asgi_app
+
     try:
         app = _load(app_yaml)
+        check_serving(app, host)
+        asgi = build_asgi_app(app) if workers == 1 else None
     except JitError as exc:
         _fail(str(exc))
         return
-    if workers > 1:
+    if asgi is None:
         # each worker process loads the app itself from the factory below
         os.environ["JIT_APP_YAML"] = str(app.path)
         uvicorn.run("jitcore.cli:asgi_from_env", factory=True, host=host, port=port, workers=workers)
         return
-    from jitcore.http import build_asgi_app
+    uvicorn.run(asgi, host=host, port=port)
 
-    uvicorn.run(build_asgi_app(app), host=host, port=port)
+
+#: API keys published with JitPay (the demo key `make run` sets): accepted on a loopback host only
+PUBLISHED_API_KEYS = frozenset({"jitpay-demo-key-local-only"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a ``--host`` value) is reachable from this machine only."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name: it may resolve to anything
+
+
+def check_serving(app: Any, host: str) -> None:
+    """What serving needs beyond loading: every API key resolved, and no published key on a host that other
+    machines reach (:class:`ConfigError` otherwise)."""
+    from jitcore.errors import ConfigError
+
+    app.model.require_api_keys()
+    if not is_loopback(host) and PUBLISHED_API_KEYS.intersection(app.model.apiKeys):
+        raise ConfigError(f"refusing to serve on {host}: one of the app's apiKeys is the demo's published key, which "
+                          "anyone can read in JitPay's Makefile. Set your own secret (e.g. export JITPAY_API_KEY="
+                          "\"$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')\"), or serve on "
+                          "127.0.0.1")
 
 
 def _database_failure(exc: Exception) -> str:

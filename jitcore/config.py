@@ -6,10 +6,10 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Callable, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from jitcore.errors import ConfigError
 
@@ -112,13 +112,28 @@ class AppModel(_Strict):
     plugins: list[str] = []
     #: app-local element folders, relative to the YAML
     elementDirs: list[str] = []
-    #: API keys accepted as ``Authorization: Bearer KEY`` (give them with $env / $file)
+    #: API keys accepted as ``Authorization: Bearer KEY`` (give them with $env / $file). Only serving the function
+    #: API needs them: a reference that cannot be resolved at load is kept in ``unresolvedApiKeys`` instead of
+    #: stopping the load, and the HTTP face refuses to start (see :meth:`require_api_keys`)
     apiKeys: list[str] = []
     #: free-form settings for plugins, keyed by plugin name
     settings: dict[str, Any] = {}
     #: the job queue: runner in ``jit serve``, polling, retention, event delivery policy
     jobs: JobsModel = Field(default_factory=JobsModel)
     elements: dict[str, ElementModel] = {}
+    #: why each ``apiKeys`` entry that could not be resolved was left out ("apiKeys[0]: environment variable ...")
+    _unresolvedApiKeys: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def unresolvedApiKeys(self) -> list[str]:
+        """The ``apiKeys`` references left unresolved at load, each as its error message."""
+        return list(self._unresolvedApiKeys)
+
+    def require_api_keys(self) -> None:
+        """Raise :class:`ConfigError` naming every ``apiKeys`` reference that could not be resolved: serving the
+        function API needs all of them (a caller holding the missing key would be refused)."""
+        if self._unresolvedApiKeys:
+            raise ConfigError("serving the function API needs every API key: " + "; ".join(self._unresolvedApiKeys))
 
     @field_validator("elements")
     @classmethod
@@ -242,13 +257,17 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
 
 
-def _load_model(path: Path, model: type[ModelT], not_a_mapping: str) -> ModelT:
-    """Read a YAML file, resolve ``$env``/``$file`` relative to its folder, and validate it as ``model``."""
+def _load_model(path: Path, model: type[ModelT], not_a_mapping: str,
+                prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> ModelT:
+    """Read a YAML file, resolve ``$env``/``$file`` relative to its folder (``prepare`` may resolve some keys its
+    own way first), and validate it as ``model``."""
     data = read_yaml(path)
     if model is ElementModel and data is None:
         data = {}  # an empty e.yaml is a valid (empty) definition
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: {not_a_mapping}")
+    if prepare is not None:
+        data = prepare(data)
     data = resolve_references(data, path.parent)
     try:
         return model.model_validate(data)
@@ -257,8 +276,26 @@ def _load_model(path: Path, model: type[ModelT], not_a_mapping: str) -> ModelT:
 
 
 def load_app_model(path: Path) -> AppModel:
-    """Read, resolve and validate an app YAML."""
-    return _load_model(path, AppModel, "the app YAML must be a mapping with at least 'appId'")
+    """Read, resolve and validate an app YAML. An ``apiKeys`` entry whose ``$env`` variable or ``$file`` is missing
+    does not stop the load (``jit elements``, ``jit call`` and library use do not need it): it is left out and
+    recorded, and only serving refuses it (:meth:`AppModel.require_api_keys`)."""
+    unresolved: list[str] = []
+
+    def lenient_api_keys(data: dict[str, Any]) -> dict[str, Any]:
+        keys = data.get("apiKeys")
+        if not isinstance(keys, list):
+            return data
+        resolved = []
+        for i, entry in enumerate(keys):
+            try:
+                resolved.append(resolve_references(entry, path.parent, f"apiKeys[{i}]"))
+            except ConfigError as exc:
+                unresolved.append(exc.message)
+        return {**data, "apiKeys": resolved}
+
+    model = _load_model(path, AppModel, "the app YAML must be a mapping with at least 'appId'", lenient_api_keys)
+    model._unresolvedApiKeys = unresolved
+    return model
 
 
 def load_element_model(path: Path) -> ElementModel:

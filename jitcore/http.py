@@ -252,7 +252,8 @@ def build_asgi_app(app: "App", *, debug: bool = False) -> Starlette:
     """The ASGI application of ``app``: plugin routes first, then the function API, ``/openapi.json`` and
     ``/healthz``. Its lifespan starts the app's job runner (``app.jobs.start()``, unless the YAML says
     ``jobs: {runner: false}``) and calls ``app.close()`` at shutdown; a server run with ``lifespan="off"`` does
-    neither."""
+    neither. An ``apiKeys`` reference left unresolved at load stops it (:class:`ConfigError`)."""
+    app.model.require_api_keys()
     routes: list[Any] = []
     for contributed in app.hook.jit_routes(app=app):
         routes.extend(contributed or [])

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from jitcore.errors import ConfigError
+from jitcore.http import build_asgi_app
 
 
 def error_of(make_app: Any, text: str) -> str:
@@ -60,8 +61,13 @@ def test_env_and_file_references(make_app: Any, tmp_path: Path, monkeypatch: pyt
 
 def test_missing_env_and_file_name_them(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_SUCH_VAR", raising=False)
-    message = error_of(make_app, "appId: shop\napiKeys: [{$env: NO_SUCH_VAR}]\n")
-    assert "apiKeys[0]" in message and "NO_SUCH_VAR is not set" in message
+    # an API key is needed only to serve: the app loads, and the HTTP face refuses to start, naming it
+    app = make_app("appId: shop\napiKeys: [{$env: NO_SUCH_VAR}, {$file: secrets/missing.txt}]\n")
+    assert app.model.apiKeys == []
+    with pytest.raises(ConfigError) as refused:
+        build_asgi_app(app)
+    assert "apiKeys[0]: environment variable NO_SUCH_VAR is not set" in refused.value.message
+    assert "apiKeys[1]: file secrets/missing.txt not found" in refused.value.message
     message = error_of(make_app, "appId: shop\nelements:\n  pays.AliPayType:\n    config:\n"
                                  "      privateKey: {$file: keys/missing.pem}\n")
     assert "elements.pays.AliPayType.config.privateKey" in message and "keys/missing.pem not found" in message
