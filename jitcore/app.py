@@ -251,7 +251,11 @@ def create_engine(url: str) -> Any:
             conn.exec_driver_sql("BEGIN" if getattr(conn, "_jit_implicit_begin", False) else "BEGIN IMMEDIATE")
 
         return engine
-    return sa_create_engine(url, pool_pre_ping=True)
+    try:
+        return sa_create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        extra = " (pip install 'jitpay[postgres]')" if exc.name and exc.name.startswith("psycopg") else ""
+        raise ConfigError(f"database: the driver of this URL is not installed: module {exc.name}{extra}") from None
 
 
 _SQLITE_CONNECTION: list[Any] = []
