@@ -9,6 +9,9 @@
 - ``GET /healthz``: checks the database.
 - every route plugins return from ``jit_routes``, mounted first (so a plugin can replace a built-in path).
 
+uvicorn's access log (``jit serve``) never shows the value of a secret query parameter such as ``token=``
+(:func:`redact_access_log`).
+
 Mount it in another project with ``build_asgi_app(jitcore.load_app("app.yaml"))``. Its lifespan runs the app's job
 runner in the serving process and closes the app at shutdown (docs/JOBS.md).
 """
@@ -22,6 +25,7 @@ import logging
 from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, AsyncIterator
+from urllib.parse import unquote_plus
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -39,6 +43,10 @@ log = logging.getLogger("jitcore.http")
 
 #: the largest JSON body the function API accepts
 API_BODY_LIMIT = 1024 * 1024
+#: query parameters whose values are secrets (compared without case, after percent-decoding the name): their values
+#: never reach the access log
+SECRET_QUERY_PARAMETERS = frozenset({"token", "access_token", "api_key", "apikey", "key", "secret", "password"})
+REDACTED = "[redacted]"
 
 
 class ApiError(JitError):
@@ -67,6 +75,43 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
     return value
+
+
+def redact_url(text: str) -> str:
+    """``text`` (a path with its query string, or a request line) with the value of every
+    :data:`SECRET_QUERY_PARAMETERS` parameter replaced by ``[redacted]``."""
+    path, mark, query = text.partition("?")
+    if not mark:
+        return text
+    query, space, rest = query.partition(" ")  # a request line: "GET /path?query HTTP/1.1"
+    parts = []
+    for part in query.split("&"):
+        name, equals, value = part.partition("=")
+        if equals and value and unquote_plus(name).strip().lower() in SECRET_QUERY_PARAMETERS:
+            part = f"{name}={REDACTED}"
+        parts.append(part)
+    return f"{path}?{'&'.join(parts)}{space}{rest}"
+
+
+class RedactSecrets(logging.Filter):
+    """A logging filter that masks secret query parameters (:func:`redact_url`) in a record's arguments, e.g.
+    ``GET /pays/cashier/{orderId}?token=...`` in uvicorn's access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "?" in a for a in record.args):
+            record.args = tuple(redact_url(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str) and "?" in record.msg and not record.args:
+            record.msg = redact_url(record.msg)
+        return True
+
+
+def redact_access_log(logger_name: str = "uvicorn.access") -> None:
+    """Install :class:`RedactSecrets` on uvicorn's access logger (once per process): whatever handlers and format a
+    logging configuration gives it, no line it writes carries a secret query parameter's value. A logger's filters
+    survive ``logging.config.dictConfig`` (uvicorn configures its loggers that way when it starts)."""
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+        logger.addFilter(RedactSecrets())
 
 
 def error_response(error: JitError) -> JSONResponse:
@@ -254,6 +299,7 @@ def build_asgi_app(app: "App", *, debug: bool = False) -> Starlette:
     ``jobs: {runner: false}``) and calls ``app.close()`` at shutdown; a server run with ``lifespan="off"`` does
     neither. An ``apiKeys`` reference left unresolved at load stops it (:class:`ConfigError`)."""
     app.model.require_api_keys()
+    redact_access_log()  # cashier links carry their token in the query string: never in the access log
     routes: list[Any] = []
     for contributed in app.hook.jit_routes(app=app):
         routes.extend(contributed or [])

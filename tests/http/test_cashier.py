@@ -85,6 +85,27 @@ def test_malformed_order_ids_are_a_plain_404(buyer, order_id):
     assert response.status_code == 404
 
 
+def test_the_token_in_a_header_keeps_it_out_of_urls(buyer, order):
+    # what the page's script does: status and pay with X-Cashier-Token, no token in the URL (so none in a log)
+    path, token = cashier_paths(order)
+    status = buyer.get(path + "/status", headers={"X-Cashier-Token": token})
+    assert status.status_code == 200 and status.json()["orderId"] == order["orderId"]
+    prep = buyer.post(path + "/pay", headers={"X-Cashier-Token": token},
+                      json={"fullName": "pays.AliPayType", "payType": "pc"})
+    assert prep.status_code == 200 and prep.json()["payUrl"], prep.text
+    for wrong in ("wrong-token", token[:-1], ""):
+        assert buyer.get(path + "/status", headers={"X-Cashier-Token": wrong}).status_code == 404
+        assert buyer.post(path + "/pay", headers={"X-Cashier-Token": wrong},
+                          json={"fullName": "pays.AliPayType", "payType": "pc"}).status_code == 404
+    # a wrong header is not rescued by a right query parameter
+    assert buyer.get(path + "/status", params={"token": token},
+                     headers={"X-Cashier-Token": "wrong-token"}).status_code == 404
+    # the page hands its script the token, and the script never puts it in a URL
+    page = buyer.get(path, params={"token": token}).text  # its script is inline
+    assert f'data-token="{token}"' in page
+    assert "?token=" not in page and "X-Cashier-Token" in page
+
+
 def test_wrong_token_on_the_pay_endpoint(buyer, order):
     path, _ = cashier_paths(order)
     response = buyer.post(path + "/pay", params={"token": "nope"}, json={"fullName": "pays.AliPayType",

@@ -5,15 +5,17 @@ Routes (``{orderId}`` is the order's id, ``token`` its unguessable cashier token
 ``GET /pays/cashier/{orderId}?token=...``
     the page: what is bought and the amount, a choice of the payment elements this app configures (Alipay, WeChat
     Pay, ...), the QR code on a PC and the link on a phone, and a "paid" view it switches to by itself.
-``GET /pays/cashier/{orderId}/status?token=...``
+``GET /pays/cashier/{orderId}/status`` (token in the ``X-Cashier-Token`` header)
     ``{"orderId", "status", "amount", "payTime"}`` (amount as its exact string), polled by the page.
-``POST /pays/cashier/{orderId}/pay?token=...``
+``POST /pays/cashier/{orderId}/pay`` (token in the ``X-Cashier-Token`` header)
     form or JSON ``{"fullName", "payType"}`` → ``PaySvc.getPayUrl`` → ``{"orderId", "payUrl", "qrCode",
     "expiresAt"}``; an error is ``{"error": {"code", "message"}}`` with its HTTP status.
 
 Without the right token every route answers the same 404, whether or not the order exists (tokens are compared in
 constant time by :meth:`PaySvc.cashier_order`). Responses are never cached, cannot be framed, and send no referrer (the
-token is in the URL). The page loads nothing from elsewhere: its CSS and JS are inline, allowed by a per-response CSP
+token is in the page's URL). The token is a secret, so it stays out of logs: the page's script sends it in the
+``X-Cashier-Token`` header for its polling and payments (``?token=`` is still accepted there), and the access log of
+``jit serve`` masks ``token=`` in the one request that carries it in its URL (:func:`jitcore.http.redact_access_log`). The page loads nothing from elsewhere: its CSS and JS are inline, allowed by a per-response CSP
 nonce, and the QR code is a ``data:`` image.
 
 Optional app setting: ``settings.cashier.returnUrl``, a link shown in the paid view ("back to the shop"); ``{orderId}``
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("jitpay.cashier")
 
 PAYSVC = "pays.services.PaySvc"
+#: the request header the page's script sends the cashier token in (kept out of URLs, so out of access logs)
+TOKEN_HEADER = "X-Cashier-Token"
 #: the largest body the pay endpoint reads (two short fields)
 PAY_BODY_LIMIT = 4096
 #: provider kinds the page knows how to present, in the order it shows them
@@ -173,8 +177,8 @@ def cashier_routes(app: "App") -> list[Route]:
 
     async def find_order(request: Request) -> tuple[Any, Any]:
         svc = await run_in_threadpool(service)
-        order = await run_in_threadpool(svc.cashier_order, request.path_params["orderId"],
-                                        request.query_params.get("token", ""))
+        token = request.headers.get(TOKEN_HEADER) or request.query_params.get("token", "")
+        order = await run_in_threadpool(svc.cashier_order, request.path_params["orderId"], token)
         return svc, order
 
     async def page(request: Request) -> Response:
