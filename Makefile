@@ -17,16 +17,17 @@ LOCK := constraints.txt
 PIP  := $(VPY) -m pip install --disable-pip-version-check -c $(LOCK)
 UV_VERSION ?= 0.13.9
 
-ACME := tests/plugins/acme-elements
 # Every distribution under plugins/ ships beside the core and is installed editable.
 PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
-# pip re-runs when any distribution's metadata or the lock changes; the acme test plugin is installed as a real
-# (non-editable) distribution, so its sources count too.
+# Third-party plugins the tests install as real (non-editable) distributions, as a user would (acme-elements, ...).
+TEST_PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard tests/plugins/*/pyproject.toml))
+# pip re-runs when any distribution's metadata or the lock changes; the test plugins are not editable, so their
+# sources count too (not their own tests).
 DIST_INPUTS := pyproject.toml $(wildcard plugins/*/pyproject.toml) $(LOCK)
-ACME_INPUTS := $(shell find $(ACME) -type f -not -path '*/build/*' -not -path '*.egg-info*' \
-	        -not -path '*/__pycache__/*' 2>/dev/null)
+TEST_PLUGIN_INPUTS := $(shell find $(TEST_PLUGINS) -type f -not -path '*/build/*' -not -path '*.egg-info*' \
+	        -not -path '*/__pycache__/*' -not -path '*/tests/*' 2>/dev/null)
 # What the demo needs (JitPay and the plugins: the sandbox), and what the tests need on top (the test and postgres
-# extras, the acme test plugin): separate stamps, so that `make run` installs no test tooling.
+# extras, the test plugins): separate stamps, so that `make run` installs no test tooling.
 DEMO_STAMP := $(VENV)/.jitpay-demo
 TEST_STAMP := $(VENV)/.jitpay-test
 
@@ -55,20 +56,20 @@ $(DEMO_STAMP): $(VPY) $(DIST_INPUTS)
 	$(PIP) -e . $(addprefix -e ,$(PLUGINS))
 	touch $@
 
-$(TEST_STAMP): $(VPY) $(DIST_INPUTS) $(ACME_INPUTS)
+$(TEST_STAMP): $(VPY) $(DIST_INPUTS) $(TEST_PLUGIN_INPUTS)
 	$(PIP) -e '.[test,postgres]' $(addprefix -e ,$(PLUGINS))
-	rm -rf $(ACME)/build
-	$(PIP) $(ACME)
+	rm -rf $(addsuffix /build,$(TEST_PLUGINS))
+	$(PIP) $(TEST_PLUGINS)
 	touch $@
 
 # The newest versions the pyproject ranges allow, for every Python >= 3.11 and platform, written to constraints.txt
 # (without JitPay's own distributions: pip cannot constrain an editable install). uv comes from PyPI into the venv.
 lock: $(VPY)
 	$(VPY) -m pip install --disable-pip-version-check 'uv==$(UV_VERSION)'
-	printf '%s\n' '-e .[test,postgres]' $(addprefix -e ./,$(PLUGINS)) ./$(ACME) | \
+	printf '%s\n' '-e .[test,postgres]' $(addprefix -e ./,$(PLUGINS)) $(addprefix ./,$(TEST_PLUGINS)) | \
 	    $(VENV)/bin/uv pip compile - --universal --python-version 3.11 --custom-compile-command 'make lock' \
-	        --no-emit-package jitpay $(addprefix --no-emit-package ,$(notdir $(PLUGINS))) \
-	        --no-emit-package acme-elements -o $(LOCK)
+	        --no-emit-package jitpay $(addprefix --no-emit-package ,$(notdir $(PLUGINS) $(TEST_PLUGINS))) \
+	        -o $(LOCK)
 
 sysdeps:
 	@if [ -z "$(strip $(SYSDEPS))" ]; then \
