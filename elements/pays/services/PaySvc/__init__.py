@@ -38,6 +38,8 @@ from elements.pays.money import from_fen, parse_amount, to_fen
 from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_order_id
 from elements.pays.services.PaySvc.ledger import (CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit, Ledger,
                                                   as_utc, payment_dict, refund_dict, utcnow)
+from elements.pays.services.PaySvc.rejections import DEFAULT_LIMITS as REJECTION_LIMITS
+from elements.pays.services.PaySvc.rejections import RejectionLimiter
 from elements.services.NormalType import NormalService
 from jitcore.errors import ArgumentError, ConfigError, ElementNotFound
 
@@ -57,7 +59,8 @@ REFUND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 UNSAFE_TEXT = re.compile("[\x00-\x08\x0a-\x1f\ufffe\uffff\ud800-\udfff]")
 CASHIER_PATH = "/pays/cashier/{orderId}"
 #: ``settings.pays`` keys and their defaults
-PAY_SETTINGS = {"surplus": "refund", "payTimeoutMinutes": 120}
+PAY_SETTINGS: dict[str, Any] = {"surplus": "refund", "payTimeoutMinutes": 120,
+                                "rejectedNotifications": dict(REJECTION_LIMITS)}
 
 
 class PaySvc(NormalService):
@@ -76,10 +79,18 @@ class PaySvc(NormalService):
         if isinstance(minutes, bool) or not isinstance(minutes, int) or not 10 <= minutes <= 15 * 24 * 60:
             raise ConfigError("settings.pays.payTimeoutMinutes must be a whole number of minutes from 10 to 21600")
         self.payWindow = timedelta(minutes=minutes)
-        self.ledger = Ledger(self.app.engine, self.app.jobs, self.order_dict, surplus=settings["surplus"])
+        self.ledger = Ledger(self.app.engine, self.app.jobs, self.order_dict, surplus=settings["surplus"],
+                             rejections=RejectionLimiter(**_rejection_limits(settings["rejectedNotifications"])))
         self._configured: list[PayProvider] | None = None
         self._refreshed: dict[str, float] = {}
         self._refresh_lock = threading.Lock()
+
+    def jit_close(self) -> None:
+        """Record what the rejected-notification limit counted but did not store yet (:mod:`.rejections`)."""
+        try:
+            self.ledger.flush_rejections(force=True)
+        except Exception:
+            log.exception("recording the summary of rejected notifications failed")
 
     # -- declared functions -------------------------------------------------------------------------------------------
     def create(self, subject: str, amount: Decimal, orderId: str | None = None) -> dict[str, Any]:
@@ -401,16 +412,17 @@ class PaySvc(NormalService):
             limit = max(p.notifyMaxBytes for p in providers)
             if len(request.body) > limit:
                 self.ledger.audit("notify", "rejected", provider=first.fullName, verified=False,
-                                  error_code="BODY_TOO_LARGE", message=f"body over {limit} bytes")
+                                  error_code="BODY_TOO_LARGE", message=f"body over {limit} bytes",
+                                  payload=request.body, source=request.client)
                 return first.notify_reply(False, "body too large")
             try:
                 fields = first.parse_notify(request)
             except NotifyInvalid as exc:
                 self.ledger.audit("notify", "rejected", provider=first.fullName, verified=False,
-                                  error_code=exc.code, message=exc.message,
-                                  payload=request.body[:4096].decode("utf-8", "replace"))
+                                  error_code=exc.code, message=exc.message, payload=request.body,
+                                  source=request.client)
                 return first.notify_reply(False, exc.message)
-            return self.handle_notify(providerName, fields)
+            return self.handle_notify(providerName, fields, body=request.body, client=request.client)
         except Exception:
             log.exception("the %s notification could not be handled", providerName)
             return first.notify_reply(False, "internal error")
@@ -420,9 +432,12 @@ class PaySvc(NormalService):
         as a Starlette response."""
         return self._reply(self.handleNotify(providerName, NotifyRequest.of(body, contentType)))
 
-    def handle_notify(self, providerName: str, fields: Mapping[str, Any]) -> Any:
+    def handle_notify(self, providerName: str, fields: Mapping[str, Any], *, body: bytes | None = None,
+                      client: str | None = None) -> Any:
         """Verify a notification with the provider element it is addressed to, then apply it. Returns the provider's
-        :class:`NotifyReply`. Forged, tampered or mismatched notifications change nothing and are recorded."""
+        :class:`NotifyReply`. Forged, tampered or mismatched notifications change nothing and are recorded, within
+        the limits of :mod:`.rejections` (an excerpt and a hash of ``body``, or of the fields; per ``client``
+        address)."""
         providers = self.notify_providers(providerName)
         fields = {str(k): v for k, v in fields.items()}
         order_id = providers[0].notify_order_id(fields)
@@ -443,7 +458,8 @@ class PaySvc(NormalService):
         assert error is not None
         self.ledger.audit("notify", "rejected", provider=candidates[0].fullName, order_id=order_id,
                           verified=not isinstance(error, SignatureInvalid), error_code=error.code,
-                          message=error.message, payload=fields)
+                          message=error.message, payload=fields if body is None else body, source=client,
+                          bounded=True)
         return candidates[0].notify_reply(False, error.message)
 
     def configured_providers(self) -> list[PayProvider]:
@@ -595,6 +611,20 @@ class PaySvc(NormalService):
 
 #: provider trade states that mean money was captured
 CAPTURED_PAYMENT_STATES = ("success", "refunded")
+
+
+def _rejection_limits(value: Any) -> dict[str, int]:
+    """``settings.pays.rejectedNotifications`` checked: ``perSource``, ``total`` and ``windowSeconds``, whole
+    numbers (missing keys keep their defaults)."""
+    if not isinstance(value, dict) or set(value) - set(REJECTION_LIMITS):
+        raise ConfigError("settings.pays.rejectedNotifications takes perSource, total and windowSeconds "
+                          f"(defaults {REJECTION_LIMITS})")
+    limits = {**REJECTION_LIMITS, **value}
+    for key, top in (("perSource", 1_000_000), ("total", 1_000_000), ("windowSeconds", 86_400)):
+        number = limits[key]
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= top:
+            raise ConfigError(f"settings.pays.rejectedNotifications.{key} must be a whole number from 1 to {top}")
+    return limits
 
 
 def _summary_status(states: list[TradeState], paid_trade: str | None) -> str:

@@ -153,6 +153,7 @@ def sweep(svc: "PaySvc", *, min_age: timedelta = SWEEP_MIN_AGE, recheck: timedel
     """One pass over trades that may have captured money unseen (see the module docstring). Returns how many trades
     were asked about. Provider errors are recorded; the next pass asks again."""
     ledger = svc.ledger
+    ledger.flush_rejections()  # rejected notifications counted, not stored, in a window that has ended
     now = utcnow()
     candidates = ledger.sweep_candidates(checked_before=now - recheck, created_before=now - min_age, limit=limit)
     groups: dict[tuple[str, str], list[Row]] = {}

@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 
 from elements.pays.services.PaySvc.migrations import ensure_schema
 from elements.pays.services.PaySvc.models import PayAudit, PayOrder, PayPayment, PayRefund
+from elements.pays.services.PaySvc.rejections import RejectionLimiter, bounded_payload
 
 ORDERS = PayOrder.__table__
 PAYMENTS = PayPayment.__table__
@@ -145,11 +146,13 @@ class Ledger:
     (the one events carry); ``jobs`` is the app's :class:`jitcore.jobs.JobQueue`."""
 
     def __init__(self, engine: Engine, jobs: Any, order_dict: Callable[[Row], dict[str, Any]],
-                 surplus: str = "refund") -> None:
+                 surplus: str = "refund", rejections: RejectionLimiter | None = None) -> None:
         self.engine = engine
         self.jobs = jobs
         self.order_dict = order_dict
         self.surplus = surplus
+        #: which rejected notifications are stored (:mod:`.rejections`)
+        self.rejections = rejections or RejectionLimiter()
         self._ready = False
 
     # -- plumbing -----------------------------------------------------------------------------------------------------
@@ -314,12 +317,44 @@ class Ledger:
         with self._read() as conn:
             return list(conn.execute(statement).all())
 
-    def audit(self, kind: str, outcome: str, **fields: Any) -> None:
+    def audit(self, kind: str, outcome: str, *, source: str | None = None, bounded: bool | None = None,
+              **fields: Any) -> None:
         """Record what a provider told us (or what we refused), in its own transaction so that it is kept whatever
-        else happens. ``fields`` as for :func:`audit_values`."""
+        else happens. ``fields`` as for :func:`audit_values`.
+
+        A *bounded* record (by default: a rejected notification whose signature did not verify) is what strangers
+        can cause, so it keeps an excerpt and a hash of its payload, and is stored only within the
+        :class:`.rejections.RejectionLimiter`'s limits for its provider and ``source`` address (else counted, and
+        summarised once the window ends)."""
+        if bounded is None:
+            bounded = kind == "notify" and outcome == "rejected" and fields.get("verified") is not True
+        rows = []
+        if bounded:
+            store, ended = self.rejections.admit(fields.get("provider"), source, fields.get("error_code"))
+            if store:
+                fields["payload"] = bounded_payload(fields.get("payload"), source)
+                rows.append(audit_values(kind, outcome, **fields))
+        else:
+            ended = self.rejections.flush()
+            rows.append(audit_values(kind, outcome, **fields))
+        rows[:0] = [audit_values("notify", "rejected-summary", **self.rejections.summary_fields(item))
+                    for item in ended]
+        if rows:
+            self._insert_audit(rows)
+
+    def flush_rejections(self, *, force: bool = False) -> int:
+        """Store the summaries of rejected notifications counted but not stored in an ended window (``force``: in
+        the current one too, e.g. at shutdown). Returns how many summary rows were written."""
+        ended = self.rejections.flush(force=force)
+        if ended:
+            self._insert_audit([audit_values("notify", "rejected-summary", **self.rejections.summary_fields(item))
+                                for item in ended])
+        return len(ended)
+
+    def _insert_audit(self, rows: list[dict[str, Any]]) -> None:
         self.ensure_schema()
         with self.engine.begin() as conn:
-            conn.execute(AUDIT.insert().values(**audit_values(kind, outcome, **fields)))
+            conn.execute(AUDIT.insert(), rows)
 
     # -- orders -------------------------------------------------------------------------------------------------------
     def create_order(self, values: dict[str, Any]) -> tuple[Row, bool]:
