@@ -3,7 +3,9 @@ database and on PostgreSQL (a throw-away server, as the tests start it).
 
     make bench            # or: .venv/bin/python benchmarks/run.py [--skip-postgres]
 
-Numbers are wall-clock on this machine; each line says what was measured.
+Numbers are wall-clock on this machine; each line says what was measured. SQLite runs twice in the same run, with
+``synchronous=FULL`` (what JitPay uses) and ``NORMAL`` (the floor it is compared with), on the file system of the
+repository (``--dir``): a tmpfs ``/tmp`` would make every fsync free.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import jitcore  # noqa: E402
+import jitcore.app  # noqa: E402
 from elements.pays.AliPayType.signing import load_rsa_key, sign_notify  # noqa: E402
 from tests.support.live import ALIPAY_APP_ID, ALIPAY_SELLER_ID, generate_sandbox_keys, sandbox_app_config  # noqa: E402
 
@@ -64,8 +67,8 @@ def bench_function_check(directory: Path) -> None:
           f"overhead {(checked_pos - direct) * 1e6:5.2f} us   [target: overhead < 20 us]")
 
 
-def bench_pay_service(directory: Path, database: str | None, label: str) -> None:
-    """create, query and a verified Alipay notification (RSA2) applied through the life cycle."""
+def bench_pay_service(directory: Path, database: str | None) -> dict[str, float]:
+    """create, query and a verified Alipay notification (RSA2) applied through the life cycle: seconds per call."""
     keys = directory / ".sandbox"
     generate_sandbox_keys(keys)
     config = sandbox_app_config("http://127.0.0.1:1", database=database)
@@ -98,27 +101,71 @@ def bench_pay_service(directory: Path, database: str | None, label: str) -> None
     for fields in notes:  # the provider's retries: already processed
         assert svc.handle_notify("alipay", fields).body == b"success"
     replay_s = (time.perf_counter() - start) / n
-    print(f"{label:10s} create {create_s * 1e3:6.2f} ms | query {query_s * 1e3:6.2f} ms | "
-          f"notify (verify RSA2 + pay) {notify_s * 1e3:6.2f} ms | replayed notify {replay_s * 1e3:6.2f} ms  "
-          f"({n} orders, one thread)")
     app.close()
+    return {"create": create_s, "query": query_s, "notify": notify_s, "replay": replay_s}
+
+
+def print_pay_service(label: str, t: dict[str, float]) -> None:
+    print(f"{label:17s} create {t['create'] * 1e3:6.2f} ms | query {t['query'] * 1e3:6.2f} ms | "
+          f"notify (verify RSA2 + pay) {t['notify'] * 1e3:6.2f} ms | replayed notify {t['replay'] * 1e3:6.2f} ms")
+
+
+def bench_commit(directory: Path, n: int = 300) -> float:
+    """Seconds per committed one-row INSERT transaction (engine.begin()): the bare cost of a durable commit."""
+    from sqlalchemy import text
+
+    engine = jitcore.app.create_engine(f"sqlite:///{directory / 'commit.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"))
+    start = time.perf_counter()
+    for i in range(n):
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": f"row {i}"})
+    seconds = (time.perf_counter() - start) / n
+    engine.dispose()
+    return seconds
+
+
+def bench_sqlite_synchronous(base: Path, rounds: int = 2) -> None:
+    """PaySvc and a bare commit on SQLite with synchronous=FULL against the floor NORMAL, measured alternately in
+    this run (the best of ``rounds`` each), with the ratio FULL / NORMAL."""
+    best: dict[str, dict[str, float]] = {"FULL": {}, "NORMAL": {}}
+    default = jitcore.app.SQLITE_SYNCHRONOUS
+    try:
+        for _ in range(rounds):
+            for mode in ("NORMAL", "FULL"):
+                jitcore.app.SQLITE_SYNCHRONOUS = mode
+                with tempfile.TemporaryDirectory(prefix=".bench-", dir=base) as tmp:
+                    timings = bench_pay_service(Path(tmp), None)
+                    timings["commit"] = bench_commit(Path(tmp))
+                for key, value in timings.items():
+                    best[mode][key] = min(best[mode].get(key, float("inf")), value)
+    finally:
+        jitcore.app.SQLITE_SYNCHRONOUS = default
+    print_pay_service("SQLite (FULL)", best["FULL"])
+    print_pay_service("SQLite (NORMAL)", best["NORMAL"])
+    ratio = {key: best["FULL"][key] / best["NORMAL"][key] for key in best["FULL"]}
+    print(f"synchronous=FULL / NORMAL: create x{ratio['create']:.2f} | query x{ratio['query']:.2f} | "
+          f"notify x{ratio['notify']:.2f} | replayed notify x{ratio['replay']:.2f} | one-row commit "
+          f"{best['FULL']['commit'] * 1e3:.2f} ms vs {best['NORMAL']['commit'] * 1e3:.2f} ms (x{ratio['commit']:.2f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-postgres", action="store_true", help="only the embedded SQLite database")
+    parser.add_argument("--dir", type=Path, default=ROOT,
+                        help="where the SQLite files go (default: the repository; not a tmpfs, where fsync is free)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         print("== declared-function checking ==")
         bench_function_check(Path(tmp))
-    print("== PaySvc per operation ==")
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_pay_service(Path(tmp), None, "SQLite")
+    print("== PaySvc per operation (300 orders, one thread) ==")
+    bench_sqlite_synchronous(args.dir)
     if not args.skip_postgres:
         from tests.support.postgres import start_postgres
 
         with start_postgres() as server, tempfile.TemporaryDirectory() as tmp:
-            bench_pay_service(Path(tmp), server.new_database(), "PostgreSQL")
+            print_pay_service("PostgreSQL", bench_pay_service(Path(tmp), server.new_database()))
 
 
 if __name__ == "__main__":
