@@ -9,6 +9,7 @@ It shows the three ways an app hooks into JitPay:
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -17,11 +18,14 @@ from urllib.parse import parse_qsl, urlsplit
 import jinja2
 from sqlalchemy import Column, DateTime, MetaData, String, Table, insert, select, update
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from jitcore import hookimpl
+from jitcore.http import BodyTooLarge, read_body
+
+log = logging.getLogger("demo.shop")
 
 #: what the shop sells: id -> (name, price in yuan as an exact string)
 PRODUCTS = {
@@ -29,6 +33,8 @@ PRODUCTS = {
     "ebook": ("E-book: Payments in Practice · 电子书《支付实战》", "19.90"),
     "sticker": ("Sticker pack · 贴纸包", "0.01"),
 }
+#: the largest body ``POST /buy`` reads: a form with one short field
+BUY_BODY_LIMIT = 1024
 
 # One small table of the shop's own: which order bought what, and when it was delivered.
 metadata = MetaData()
@@ -85,15 +91,26 @@ def jit_routes(app):
         return order
 
     async def buy(request: Request) -> Response:
-        # a plain HTML form (application/x-www-form-urlencoded) with one short field
-        length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > 1024:
+        # a plain HTML form (application/x-www-form-urlencoded) with one short field: read at most
+        # BUY_BODY_LIMIT bytes (checked while streaming too, so a chunked body without Content-Length is cut off)
+        try:
+            body = await read_body(request, BUY_BODY_LIMIT)
+        except BodyTooLarge:
             return HTMLResponse("request too large", status_code=413)
-        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        except ClientDisconnect:
+            return HTMLResponse("incomplete request", status_code=400)
+        try:
+            form = dict(parse_qsl(body.decode("utf-8"), max_num_fields=16))
+        except ValueError:  # not UTF-8 (UnicodeDecodeError is a ValueError), or too many fields
+            return HTMLResponse("not a form", status_code=400)
         product = form.get("product")
         if product not in PRODUCTS:
             return HTMLResponse("unknown product", status_code=400)
-        order = await run_in_threadpool(create_order, product)
+        try:
+            order = await run_in_threadpool(create_order, product)
+        except Exception:  # the database or the payment service is away: say so, not a bare 500
+            log.exception("creating an order for %s failed", product)
+            return HTMLResponse("the shop cannot take orders right now, please try again later", status_code=503)
         # the cashier link carries the order's secret token; send the buyer there on this same host
         link = urlsplit(order["cashierUrl"])
         return RedirectResponse(f"{link.path}?{link.query}", status_code=303)
