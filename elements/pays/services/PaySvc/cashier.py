@@ -18,6 +18,9 @@ token is in the page's URL). The token is a secret, so it stays out of logs: the
 ``jit serve`` masks ``token=`` in the one request that carries it in its URL (:func:`jitcore.http.redact_access_log`). The page loads nothing from elsewhere: its CSS and JS are inline, allowed by a per-response CSP
 nonce, and the QR code is a ``data:`` image.
 
+The choices are every payment element the app configures, a plugin's too, presented as its ``cashier:`` block and
+``settings.cashier.elements`` say (:mod:`.choices`).
+
 Optional app setting: ``settings.cashier.returnUrl``, a link shown in the paid view ("back to the shop"); ``{orderId}``
 in it is replaced by the order's id.
 """
@@ -39,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from elements.pays.errors import UnknownPayType
+from elements.pays.services.PaySvc.choices import cashier_choices
 from jitcore.errors import JitError
 from jitcore.http import read_body
 
@@ -53,11 +56,6 @@ PAYSVC = "pays.services.PaySvc"
 TOKEN_HEADER = "X-Cashier-Token"
 #: the largest body the pay endpoint reads (two short fields)
 PAY_BODY_LIMIT = 4096
-#: provider kinds the page knows how to present, in the order it shows them
-PROVIDER_LABELS = {
-    "alipay": {"zh": "支付宝", "en": "Alipay"},
-    "wechat": {"zh": "微信支付", "en": "WeChat Pay"},
-}
 MOBILE_UA = re.compile(r"Mobile|Android|iPhone|iPad|iPod|MicroMessenger|AlipayClient", re.IGNORECASE)
 NOT_FOUND_MESSAGE = "not found"
 
@@ -110,23 +108,14 @@ def _client_ip(request: Request) -> str | None:
         return None
 
 
-def available_providers(service: Any) -> list[dict[str, str]]:
-    """The payment elements the buyer can choose from: every configured one of a kind the page knows (a payment element
-    whose config is incomplete in this app is left out). Each is ``{"fullName", "kind", "zh", "en", "testid"}``."""
-    choices: list[dict[str, str]] = []
-    for kind, label in PROVIDER_LABELS.items():
-        try:
-            providers = service.notify_providers(kind)
-        except UnknownPayType:
-            continue
-        except Exception:  # a broken element must not take the cashier down; the log says which
-            log.exception("listing the %s payment elements failed", kind)
-            continue
-        for index, provider in enumerate(providers):
-            title = label["en"] if index == 0 else f"{label['en']} ({provider.define.title or provider.fullName})"
-            choices.append({"fullName": provider.fullName, "kind": kind, "zh": label["zh"], "en": title,
-                            "testid": f"choose-{kind}" if index == 0 else f"choose-{kind}-{index + 1}"})
-    return choices
+def available_providers(service: Any) -> list[dict[str, Any]]:
+    """The payment elements the buyer can choose from: every one the app configures, with the title, icon, colour
+    and order of its ``cashier:`` block or the app's ``settings.cashier.elements`` (:mod:`.choices`)."""
+    try:
+        return cashier_choices(service)
+    except Exception:  # a broken element must not take the cashier down; the log says which
+        log.exception("listing the payment elements failed")
+        return []
 
 
 def status_dict(service: Any, order: Any) -> dict[str, Any]:

@@ -97,7 +97,7 @@
       const link = $("pay-link");
       link.href = data.payUrl;
       link.textContent = "前往" + zh + "付款 Pay with " + en;
-      link.className = "button choice-" + chosen.dataset.kind;
+      link.className = "button choice-" + chosen.dataset.index;
       $("mobile-view").hidden = false;
     }
   }
