@@ -34,7 +34,7 @@ def configures_payments(app: "App") -> bool:
     """Whether the app's YAML configures a payment element (a non-Meta element whose type chain has pays.Meta)."""
     for name in app.elementNames():
         define = app.getDefine(name)
-        if define.kind != "Meta" and any(s.layer == "app" for s in define.sources) and app.isA(name, "pays.Meta"):
+        if define.kind != "Meta" and app.configures(name) and app.isA(name, "pays.Meta"):
             return True
     return False
 

@@ -51,7 +51,9 @@ def jit_routes(app: "App") -> list[Any]:
     """Starlette routes this plugin adds to the app's HTTP face.
 
     Called once when the ASGI app is built. Results are mounted in the order pluggy returns them (highest layer
-    first), before the built-in routes, so a plugin can replace a built-in path.
+    first), before the built-in routes, so a plugin can replace a built-in path. An installed plugin is asked by
+    every app: return routes only where they belong (``app.configures(fullName)`` tells whether the app configures
+    one of its elements), so that elsewhere the path is a plain 404, never a 500 from an unconfigured element.
     """
 
 
