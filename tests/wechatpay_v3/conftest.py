@@ -118,3 +118,6 @@ def certificate_listing(*certified: keys.CertifiedKey, apiv3_key: str = keys.API
                         "effective_time": "2026-01-01T00:00:00+08:00", "expire_time": "2031-01-01T00:00:00+08:00",
                         "encrypt_certificate": seal(c.cert_pem.encode(), "certificate", apiv3_key)})
     return json.dumps({"data": entries}).encode()
+
+
+from .sandbox_support import harness_factory, v3_keys  # noqa: E402,F401  (fixtures for the sandbox tests)

@@ -29,6 +29,7 @@ def init(directory: Path) -> None:
     # Imported here so `jit-sandbox --help` works even if a simulator fails to import.
     from jitpay_sandbox.alipay import generate_alipay_keys
     from jitpay_sandbox.wechat import generate_wechat_key
+    from jitpay_sandbox.wechat_v3 import generate_wechat_v3_keys
 
     if directory.exists():
         mode = stat.S_IMODE(directory.stat().st_mode)
@@ -43,6 +44,7 @@ def init(directory: Path) -> None:
     try:
         generate_alipay_keys(directory)
         generate_wechat_key(directory)
+        generate_wechat_v3_keys(directory)
     except OSError as exc:
         raise click.ClickException(f"could not write sandbox keys into {directory}: {exc}") from exc
     after = _files(directory)

@@ -23,7 +23,8 @@ def register(app: Any, provider: str, sandbox: Any) -> None:
 
 
 def sandbox_of(app: Any, provider: str) -> Any:
-    """The sandbox object (``AlipaySandbox`` for ``"alipay"``, ``WechatSandbox`` for ``"wechat"``) whose routes were
+    """The sandbox object (``AlipaySandbox`` for ``"alipay"``, ``WechatSandbox`` for ``"wechat"``,
+    ``WechatV3Sandbox`` for ``"wechatV3"``) whose routes were
     last built for ``app`` (by ``jit_routes``, i.e. ``jitcore.http.build_asgi_app(app)``), or ``None``."""
     with _lock:
         try:
