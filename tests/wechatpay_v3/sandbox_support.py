@@ -159,3 +159,16 @@ def harness_factory(v3_keys: Path) -> Iterator[Callable[..., Harness]]:
         h.sandbox.stop()
     for server in servers:
         server.stop()
+
+
+def sandbox_provider(h: Harness, mode: str | None = None, *, app: Any = None, **overrides: Any) -> Any:
+    """``pays.WechatPayV3Type`` loaded the way the runtime loads it (``e.yaml`` defaults under the config), against
+    the harness's sandbox, notifying the harness's receiver."""
+    from jitpay_wechatpay_v3.provider import WechatPayV3Type
+
+    from .conftest import e_yaml_defaults, make_app
+
+    config = {**e_yaml_defaults(), **provider_config(h.keys, h.url, mode or h.mode),
+              "notifyUrl": h.notify_url, **overrides}
+    define = SimpleNamespace(fullName="pays.WechatPayV3Type", config={k: v for k, v in config.items() if v is not None})
+    return WechatPayV3Type.jit_load(app or make_app(h.url), define)  # type: ignore[arg-type]

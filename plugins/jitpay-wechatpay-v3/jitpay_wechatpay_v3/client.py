@@ -284,9 +284,12 @@ class WechatV3Api:
         if headers.get("Wechatpay-Signature"):
             try:
                 self.verifier.verify(headers, raw)
-            except VerifyFailure as exc:  # an error answer claiming to be signed must verify
-                raise ProviderError(f"WeChat Pay's error answer to {method} {path} does not verify: {exc.message}",
-                                    provider_code="SIGNATURE_INVALID", details=_unknown("signature_invalid")) from None
+            except VerifyFailure as exc:
+                # an error answer that claims to be signed must verify; what it says is shown, but not believed
+                said = f"HTTP {status}" + (f" {code}" if code else "") + (f" ({message[:200]})" if message else "")
+                raise ProviderError(f"WeChat Pay answered {method} {path} with {said}, but that answer does not "
+                                    f"verify: {exc.message}", provider_code=code or "SIGNATURE_INVALID",
+                                    provider_message=message, details=_unknown("signature_invalid")) from None
         if code and code in accept:
             return Answer(status, error, code, message)
         unknown = status >= 500 or (code or "").upper() in RETRY_SAME_REQUEST
