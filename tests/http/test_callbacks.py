@@ -472,7 +472,18 @@ def paid_rows(store: Any, order_id: str) -> list[Any]:
     return [row for row in store.audit_log(order_id, kinds=["notify"]) if row.outcome == "pending->success"]
 
 
-@pytest.mark.parametrize("provider, sign_type", [("alipay", None), ("wechat", "MD5"), ("wechat", "HMAC-SHA256")])
+def test_a_notification_signed_with_another_sign_type_is_refused(
+        live: LiveApp, api: httpx.Client, provider_client: httpx.Client, order: dict) -> None:
+    """The merchant signs with MD5: an HMAC-SHA256 signature, however valid for the key, is not accepted (the
+    configured sign type decides, never the signature's length)."""
+    before = Snapshot(live, api, order["orderId"])
+    assert_wechat_reply(live, post_wechat(provider_client, wechat_signed(live, order["orderId"], "HMAC-SHA256")),
+                        False)
+    before.assert_unchanged_and_recorded(error_code="SIGNATURE_INVALID", verified=False,
+                                         order_id=order["orderId"])
+
+
+@pytest.mark.parametrize("provider, sign_type", [("alipay", None), ("wechat", "MD5")])
 def test_correct_notification_accepted_once_and_replay_changes_nothing(
         live: LiveApp, api: httpx.Client, provider_client: httpx.Client, order: dict, provider: str,
         sign_type: str | None) -> None:
