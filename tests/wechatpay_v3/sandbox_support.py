@@ -4,6 +4,7 @@ callback receiver on a real loopback server."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import threading
 import time
@@ -13,13 +14,14 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import pytest
+import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from jitpay_sandbox.wechat_v3 import KEY_FILES, PREFIX, WechatV3Sandbox, generate_wechat_v3_keys, wechat_v3_routes
-from tests.support.live import ServerThread, bind_loopback
+from tests.support.live import LiveApp, ServerThread, bind_loopback
 
 APP_ID = "wx0000000000000003"
 MCH_ID = "1900000003"
@@ -172,3 +174,39 @@ def sandbox_provider(h: Harness, mode: str | None = None, *, app: Any = None, **
               "notifyUrl": h.notify_url, **overrides}
     define = SimpleNamespace(fullName="pays.WechatPayV3Type", config={k: v for k, v in config.items() if v is not None})
     return WechatPayV3Type.jit_load(app or make_app(h.url), define)  # type: ignore[arg-type]
+
+
+# -- a live app (PaySvc, the generic notify route, the sandbox) on a real server ----------------------------------------
+@contextlib.contextmanager
+def start_v3_app(directory: Path, keys: Path, mode: str = "publicKey", *, keep_v2: bool = False,
+                 sandbox: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                 settings: dict[str, Any] | None = None, run_jobs: bool = True) -> Iterator[LiveApp]:
+    """The test shop with ``pays.WechatPayV3Type`` against the v3 sandbox in ``mode`` (keys copied from ``keys`` into
+    ``directory/.sandbox``, read with ``{$file: ...}``), served on loopback with its job runner; ``keep_v2`` keeps
+    ``pays.WechatPayType`` configured too (a merchant moving from v2 to v3)."""
+    from tests.support.live import generate_sandbox_keys, sandbox_app_config
+
+    import jitcore
+    from jitcore.http import build_asgi_app
+
+    generate_sandbox_keys(directory / ".sandbox")
+    copy_keys(keys, directory / ".sandbox")
+    sock = bind_loopback()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    v3_settings = {"sandbox": {"wechatV3": sandbox_settings(".sandbox", mode, files=True, **(sandbox or {}))}}
+    elements = {"pays.WechatPayV3Type": {"config": provider_config(".sandbox", url, mode, files=True,
+                                                                   **(config or {}))}}
+    options = sandbox_app_config(url, settings={**v3_settings, **(settings or {})}, elements=elements,
+                                 omit=() if keep_v2 else ("pays.WechatPayType",))
+    yaml_path = directory / "app.yaml"
+    yaml_path.write_text(yaml.safe_dump(options, sort_keys=False, allow_unicode=True))
+    app = jitcore.load_app(yaml_path)
+    server = ServerThread(build_asgi_app(app), sock)
+    server.start()
+    if run_jobs:
+        app.jobs.start()
+    try:
+        yield LiveApp(app, url, yaml_path)
+    finally:
+        app.close()
+        server.stop()
