@@ -114,9 +114,19 @@ def redact_access_log(logger_name: str = "uvicorn.access") -> None:
         logger.addFilter(RedactSecrets())
 
 
-def error_response(error: JitError) -> JSONResponse:
+def json_response(content: Any, status_code: int = 200) -> Response:
+    """``content`` as JSON (UTF-8). Text that is not valid Unicode (a lone surrogate a client sent as ``"\\udfff"``
+    and that an error message or a result echoes) is written as a JSON escape instead of failing the response."""
+    try:
+        return JSONResponse(content, status_code=status_code)
+    except UnicodeEncodeError:
+        body = json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+        return Response(body, status_code=status_code, media_type="application/json")
+
+
+def error_response(error: JitError) -> Response:
     """A JitError as ``{"error": {"code", "message"}}`` with its HTTP status."""
-    return JSONResponse({"error": error.to_dict()}, status_code=error.http_status)
+    return json_response({"error": error.to_dict()}, status_code=error.http_status)
 
 
 def check_api_key(app: "App", request: Request) -> None:
@@ -230,7 +240,7 @@ def function_endpoint(app: "App") -> Any:
                                 status_code=500)
         if isinstance(result, Response):
             return result
-        return JSONResponse(to_jsonable(result))
+        return json_response(to_jsonable(result))
 
     return endpoint
 

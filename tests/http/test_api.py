@@ -197,7 +197,9 @@ def test_deeply_nested_json_is_400_not_500(live: LiveApp, api: httpx.Client, raw
 @pytest.mark.parametrize("function, raw", [
     ("create", b'{"subject": "\\ud800", "amount": "1.00"}'),
     ("query", b'{"orderId": "ORDER_\\udfff"}'),
-], ids=["create-subject", "query-orderId"])
+    ("create", b'{"\\udfff": 1}'),  # echoed in the error message: written as a JSON escape, not a 500
+    ("check", b'{"orderId": "ORDER_X1", "fullName": "pays.AliPayType", "x\\ud800": 1}'),
+], ids=["create-subject", "query-orderId", "argument-name", "argument-name-2"])
 def test_lone_surrogate_in_text_is_400_not_500(live: LiveApp, api: httpx.Client, function: str, raw: bytes) -> None:
     # JSON allows the escape "\ud800"; Python decodes it to a lone surrogate, which is not text any database stores.
     response = api.post(f"{SVC}/{function}", content=raw, headers={"content-type": "application/json"})
