@@ -469,11 +469,12 @@ class WechatPayV3Type(PayProvider):
         raise NotifyInvalid(f"WeChat Pay v3 callback event_type {str(event)[:40]!r} is not one JitPay handles")
 
     def notify_reply(self, ok: bool, message: str = "") -> NotifyReply:
-        """``204 No Content`` when processed (WeChat Pay stops), else ``500`` with ``{"code": "FAIL", "message":
-        ...}`` (it sends the callback again later)."""
+        """``204 No Content`` when processed (WeChat Pay stops), else ``400`` with ``{"code": "FAIL", "message":
+        ...}`` (any 4xx/5xx makes WeChat Pay send the callback again later; 4xx, because PaySvc's notification routes
+        never answer 5xx)."""
         if ok:
             return NotifyReply.empty(204)
-        return NotifyReply.json({"code": "FAIL", "message": (message or "FAIL")[:200]}, status=500)
+        return NotifyReply.json({"code": "FAIL", "message": (message or "FAIL")[:200]}, status=400)
 
     # -- helpers ----------------------------------------------------------------------------------------------------
     def _transaction_state(self, data: Mapping[str, Any], error: type[Exception],
