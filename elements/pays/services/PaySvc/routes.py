@@ -14,6 +14,7 @@ routes needs (docs/PROVIDERS.md, "Notifications in your own web framework").
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
@@ -68,8 +69,10 @@ def notify_endpoint(app: "App", provider_name: str | None = None) -> Any:
             notification = await read_notify_request(request, max(p.notifyMaxBytes for p in providers))
         except BodyTooLarge as exc:
             try:
-                await run_in_threadpool(service.ledger.audit, "notify", "rejected", provider=providers[0].fullName,
-                                        verified=False, error_code=exc.code, message=exc.message)
+                await run_in_threadpool(partial(service.ledger.audit, "notify", "rejected",
+                                                provider=providers[0].fullName, verified=False, error_code=exc.code,
+                                                message=exc.message,
+                                                source=request.client.host if request.client else None))
             except Exception:
                 log.exception("recording a too large %s notification failed", name)
             return error_response(exc)
