@@ -104,5 +104,9 @@ run-check:
 	       fi ;; \
 	esac
 
+# run.py: per-operation costs; bars.py: issue 14's bars against floors measured in the same run (BENCH_ARGS, e.g.
+# --skip-postgres --skip-scale; see benchmarks/bars.py --help).
+BENCH_ARGS ?=
 bench: venv
 	$(VPY) benchmarks/run.py
+	$(VPY) benchmarks/bars.py $(BENCH_ARGS)
