@@ -65,7 +65,7 @@ def make_provider(app: Any = None, mode: str = "publicKey", **config: Any) -> We
     return WechatPayV3Type.jit_load(app or make_app(), define)  # type: ignore[arg-type]
 
 
-# -- WeChat Pay's side, by hand ------------------------------------------------------------------------------------------
+# -- WeChat Pay's side, by hand ----------------------------------------------------------------------------------------
 def sign(key: rsa.RSAPrivateKey, timestamp: str, nonce: str, body: bytes) -> str:
     message = timestamp.encode() + b"\n" + nonce.encode() + b"\n" + body + b"\n"
     return base64.b64encode(key.sign(message, padding.PKCS1v15(), hashes.SHA256())).decode()

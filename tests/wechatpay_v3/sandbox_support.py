@@ -138,7 +138,8 @@ def harness_factory(v3_keys: Path) -> Iterator[Callable[..., Harness]]:
         app = SimpleNamespace(appId="shop", title="Shop", baseUrl=url,
                               settings={"sandbox": {"wechatV3": sandbox_settings(v3_keys, mode, **extra)}})
         routes = wechat_v3_routes(app)
-        sandbox = next(r.endpoint.__self__ for r in routes if hasattr(r.endpoint, "__self__"))  # type: ignore[attr-defined]
+        sandbox = next(r.endpoint.__self__ for r in routes  # type: ignore[attr-defined]
+                       if hasattr(r.endpoint, "__self__"))
         holder: dict[str, Harness] = {}
 
         async def receive(request: Request) -> Response:
@@ -176,7 +177,7 @@ def sandbox_provider(h: Harness, mode: str | None = None, *, app: Any = None, **
     return WechatPayV3Type.jit_load(app or make_app(h.url), define)  # type: ignore[arg-type]
 
 
-# -- a live app (PaySvc, the generic notify route, the sandbox) on a real server ----------------------------------------
+# -- a live app (PaySvc, the generic notify route, the sandbox) on a real server ---------------------------------------
 @contextlib.contextmanager
 def start_v3_app(directory: Path, keys: Path, mode: str = "publicKey", *, keep_v2: bool = False,
                  sandbox: dict[str, Any] | None = None, config: dict[str, Any] | None = None,

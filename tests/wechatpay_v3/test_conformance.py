@@ -64,8 +64,9 @@ class V3SandboxGateway(ConformanceGateway):
         if other_merchant:
             plain["mchid"] = "1900000099"
         nonce = secrets.token_hex(6)
-        sealed.update(nonce=nonce, ciphertext=base64.b64encode(AESGCM(self.apiv3).encrypt(
-            nonce.encode(), json.dumps(plain, ensure_ascii=False).encode(), sealed["associated_data"].encode())).decode())
+        resealed = AESGCM(self.apiv3).encrypt(nonce.encode(), json.dumps(plain, ensure_ascii=False).encode(),
+                                              sealed["associated_data"].encode())
+        sealed.update(nonce=nonce, ciphertext=base64.b64encode(resealed).decode())
         raw = json.dumps(body, ensure_ascii=False).encode()
         if signature == "kept":
             return NotifyRequest(body=raw, headers=notification.headers)

@@ -190,7 +190,9 @@ def test_a_migration_with_callbacks_signed_by_either_key(tmp_path: Path, v3_keys
             orders.append(order_id)
         signers = set()
         for order_id in orders:
-            attempts = sandbox.trade(out_trade_nos(order_id)["NATIVE"])["notify_attempts"]
+            reference = out_trade_nos(order_id)["NATIVE"]
+            # the sandbox records an attempt once the reply is in, a moment after PaySvc committed the payment
+            attempts = wait_for(lambda: sandbox.trade(reference)["notify_attempts"])
             assert [a["ok"] for a in attempts] == [True]
             signers.add(attempts[0]["signerKind"])
         assert signers == {"certificate", "publicKey"}

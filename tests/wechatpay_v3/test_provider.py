@@ -37,7 +37,7 @@ def unknown(exc: ProviderError) -> bool:
     return bool((exc.details or {}).get("outcomeUnknown"))
 
 
-# -- pure parts ---------------------------------------------------------------------------------------------------------------
+# -- pure parts --------------------------------------------------------------------------------------------------------
 def test_references_are_derived_from_the_order_and_never_v2s() -> None:
     refs = out_trade_nos("20261127123456789012ABCDEFGH")
     assert refs == {"NATIVE": "20261127123456789012ABCDEFGH-V3N", "H5": "20261127123456789012ABCDEFGH-V3H"}
@@ -64,7 +64,7 @@ def test_amounts_in_integer_fen_and_rfc3339_times() -> None:
                             "CLOSED": "closed", "REVOKED": "closed", "PAYERROR": "failed"}
 
 
-# -- against the sandbox --------------------------------------------------------------------------------------------------------
+# -- against the sandbox -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["publicKey", "certificate", "both"])
 def test_pc_native_then_paid(harness_factory, mode: str) -> None:
     h: Harness = harness_factory(mode)
@@ -209,7 +209,7 @@ def test_long_order_ids_use_digest_references(harness_factory) -> None:
     assert (state.orderId, state.status) == (o.orderId, "refunded")  # found through a query of the trade's attach
 
 
-# -- errors ---------------------------------------------------------------------------------------------------------------------
+# -- errors ------------------------------------------------------------------------------------------------------------
 def with_transport(provider: Any, handler: Any) -> Any:
     provider.api.close()
     provider.api = WechatV3Api(provider.settings, transport=httpx.MockTransport(handler))

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from jitpay_sandbox.wechat_v3 import KEY_FILES, PREFIX, generate_wechat_v3_keys
 
+from tests.support.live import wait_for
+
 from .sandbox_support import APP_ID, MCH_ID, PUBLIC_KEY_ID, Harness, read
 
 wechatpayv3 = pytest.importorskip("wechatpayv3")
@@ -208,7 +210,7 @@ def test_callbacks_are_signed_encrypted_and_retried_until_acknowledged(harness_f
         serials.add(cb.headers["wechatpay-serial"])
     stamps = [cb.headers["wechatpay-nonce"] for cb in callbacks]
     assert len(set(stamps)) == 3  # signed afresh for each attempt
-    attempts = h.sandbox.trade(no)["notify_attempts"]
+    attempts = wait_for(lambda: (a := h.sandbox.trade(no)["notify_attempts"]) and a[-1]["ok"] and a)
     assert [a["ok"] for a in attempts] == [False, False, True] and [a["status"] for a in attempts] == [500, 400, 204]
     if mode == "both":  # a migration: callbacks come signed by either key
         platform = x509.load_pem_x509_certificate(read(h.keys, "platformCertificate").encode())

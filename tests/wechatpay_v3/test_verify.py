@@ -152,7 +152,7 @@ def test_migration_chooses_the_key_by_wechatpay_serial() -> None:
         verifier.verify(signed_headers(body, serial=keys.platform(0).serial), body)
 
 
-# -- callbacks through the provider contract ---------------------------------------------------------------------------------
+# -- callbacks through the provider contract ---------------------------------------------------------------------------
 def request(body: bytes, headers: dict[str, str]) -> NotifyRequest:
     # as the generic route hands it over: raw bytes, headers as they came (any case)
     return NotifyRequest(body=body, headers=[(k.lower(), v) for k, v in headers.items()], client="127.0.0.1")

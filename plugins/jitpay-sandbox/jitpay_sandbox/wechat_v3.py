@@ -121,7 +121,7 @@ _TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templa
                          autoescape=select_autoescape(["html"]))
 
 
-# -- keys -------------------------------------------------------------------------------------------------------------
+# -- keys --------------------------------------------------------------------------------------------------------------
 def _write_new(path: Path, data: bytes, mode: int) -> bool:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -222,7 +222,7 @@ def _serial(cert: x509.Certificate) -> str:
     return format(cert.serial_number, "X")
 
 
-# -- settings ---------------------------------------------------------------------------------------------------------
+# -- settings ----------------------------------------------------------------------------------------------------------
 def _pem(value: Any, where: str) -> bytes:
     if isinstance(value, str):
         value = value.strip().encode("ascii", "replace")
@@ -352,7 +352,7 @@ class WechatV3SandboxSettings:
                    platform=platform_signer, callbackSigner=signer, **values)
 
 
-# -- state ------------------------------------------------------------------------------------------------------------
+# -- state -------------------------------------------------------------------------------------------------------------
 @dataclass
 class _Refund:
     out_refund_no: str
@@ -1010,7 +1010,8 @@ class WechatV3Sandbox:
                 with self._lock:
                     signer = self._callback_key()
                 headers = {"Content-Type": "application/json", **self._signature_headers(body, signer)}
-                outcome: dict[str, Any] = {"attempt": attempt, "at": datetime.now(BEIJING).isoformat(timespec="seconds"),
+                outcome: dict[str, Any] = {"attempt": attempt,
+                                           "at": datetime.now(BEIJING).isoformat(timespec="seconds"),
                                            "signedBy": signer.serial, "signerKind": signer.kind}
                 try:
                     response = client.post(url, content=body, headers=headers)

@@ -99,8 +99,9 @@ def read_config(fullName: str, raw: Mapping[str, Any], notifyUrl: str) -> Wechat
         raise fail("apiV3Key", "is required (the APIv3 key set in the merchant platform, 32 characters)")
     if not isinstance(apiV3Key, str):
         raise fail("apiV3Key", f"must be text, not {type(apiV3Key).__name__}")
-    key_bytes = apiV3Key.strip().encode("utf-8")  # a {$file: ...} may end with a line break
-    if len(key_bytes) != APIV3_KEY_BYTES or not apiV3Key.strip().isascii() or any(c.isspace() for c in apiV3Key.strip()):
+    key_text = apiV3Key.strip()  # a {$file: ...} may end with a line break
+    key_bytes = key_text.encode("utf-8")
+    if len(key_bytes) != APIV3_KEY_BYTES or not key_text.isascii() or any(c.isspace() for c in key_text):
         raise fail("apiV3Key", f"must be the APIv3 key: exactly {APIV3_KEY_BYTES} ASCII characters with no spaces "
                                f"(this one has {len(key_bytes)} bytes)")
 

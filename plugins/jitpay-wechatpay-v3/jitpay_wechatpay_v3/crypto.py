@@ -66,7 +66,7 @@ class DecryptError(ValueError):
     """An AEAD_AES_256_GCM ciphertext that does not decrypt (wrong key, nonce, associated data, or tampered)."""
 
 
-# -- keys ---------------------------------------------------------------------------------------------------------------
+# -- keys --------------------------------------------------------------------------------------------------------------
 def _text(value: KeyText) -> str:
     if isinstance(value, bytes):
         try:
@@ -199,7 +199,7 @@ def same_public_key(a: PrivateKey | PublicKey, b: PrivateKey | PublicKey) -> boo
     return der(a) == der(b)
 
 
-# -- signatures ---------------------------------------------------------------------------------------------------------
+# -- signatures --------------------------------------------------------------------------------------------------------
 def _ascii(value: str, what: str) -> bytes:
     if "\n" in value:
         raise ValueError(f"the {what} of a signed message cannot contain a line break")
@@ -278,7 +278,7 @@ def timestamp_fresh(timestamp: str | None, now: float | None = None, tolerance: 
     return abs((time.time() if now is None else now) - int(timestamp)) <= tolerance
 
 
-# -- AEAD_AES_256_GCM -----------------------------------------------------------------------------------------------------
+# -- AEAD_AES_256_GCM --------------------------------------------------------------------------------------------------
 def _key_bytes(key: str | bytes) -> bytes:
     data = key.encode("utf-8") if isinstance(key, str) else bytes(key)
     if len(data) != APIV3_KEY_BYTES:

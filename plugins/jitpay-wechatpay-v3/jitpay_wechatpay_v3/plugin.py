@@ -1,6 +1,7 @@
 """The distribution's jitcore plugin (entry point group ``jitcore``, name ``wechatpay_v3``): it contributes the element
 folder that defines ``pays.WechatPayV3Type``. Nothing else: the element does its work through the provider contract
-(``pays.Meta``), and PaySvc's generic route ``/api/{appId}/pays/services/PaySvc/notify/wechatv3`` takes its callbacks."""
+(``pays.Meta``), and PaySvc's generic route ``/api/{appId}/pays/services/PaySvc/notify/wechatv3`` takes its
+callbacks."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ _READABLE_MAX = 32 - 4
 _DIGEST_DOMAIN = b"jitpay/wechatpay-v3/out_trade_no\x00"
 
 
-# -- pure helpers -------------------------------------------------------------------------------------------------------
+# -- pure helpers ------------------------------------------------------------------------------------------------------
 def yuan_to_fen(amount: Decimal) -> int:
     """``Decimal`` yuan → integer fen, exactly. :class:`AmountInvalid` for fractions of a fen, non-positive,
     non-finite amounts and floats."""
@@ -381,7 +381,8 @@ class WechatPayV3Type(PayProvider):
         status = data.get("status")
         if refunded != fen_to_yuan(fen):
             raise ProviderError(f"WeChat Pay refunded {refunded} instead of {fen_to_yuan(fen)} for refund {refundId} "
-                                f"(was this refundId used before with another amount?)", provider_code="REFUND_MISMATCH")
+                                f"(was this refundId used before with another amount?)",
+                                provider_code="REFUND_MISMATCH")
         if status == "CLOSED":
             raise ProviderError(f"WeChat Pay closed refund {refundId} without paying it", provider_code="REFUND_CLOSED")
         if status == "ABNORMAL":
@@ -511,8 +512,8 @@ class WechatPayV3Type(PayProvider):
         if status is None:
             raise error(f"WeChat Pay reports an unknown trade_state {str(trade_state)[:32]!r}")
         if status not in ("success", "refunded"):
-            return TradeState(orderId=orderId, status=status, tradeNo=data.get("transaction_id") or None,  # type: ignore[arg-type]
-                              raw=dict(data), reference=out_trade_no)
+            return TradeState(orderId=orderId, status=status,  # type: ignore[arg-type]
+                              tradeNo=data.get("transaction_id") or None, raw=dict(data), reference=out_trade_no)
         tradeNo = data.get("transaction_id")
         if not isinstance(tradeNo, str) or not tradeNo:
             raise error(f"WeChat Pay reports order {orderId} paid without a transaction_id")
