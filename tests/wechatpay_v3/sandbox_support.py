@@ -209,5 +209,8 @@ def start_v3_app(directory: Path, keys: Path, mode: str = "publicKey", *, keep_v
     try:
         yield LiveApp(app, url, yaml_path)
     finally:
+        from jitpay_sandbox import sandbox_of
+
         app.close()
+        sandbox_of(app, "wechatV3").stop()  # no callback retries into a server that is gone
         server.stop()
