@@ -71,12 +71,21 @@ def test_the_lock_pins_every_dependency_within_the_ranges_of_the_pyproject_files
     assert not re.search(r"^\s*(-e|\.|/)", (ROOT / "constraints.txt").read_text(), re.MULTILINE)
 
 
+VULNERABLE = [("h11", "0.15.0"), ("starlette", "0.47.1"), ("starlette", "1.3.0"), ("certifi", "2024.6.2"),
+              ("jinja2", "3.1.5"), ("cryptography", "49.0.0"), ("xmltodict", "0.14.2")]
+
+
 def test_floors_exclude_the_known_vulnerable_releases() -> None:
     dependencies = {Requirement(text).name.lower(): Requirement(text).specifier
                     for text in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    for name, vulnerable in [("h11", "0.15.0"), ("starlette", "0.47.1"), ("starlette", "1.3.0"),
-                             ("certifi", "2024.6.2"), ("jinja2", "3.1.5"), ("cryptography", "49.0.0")]:
+    for name, vulnerable in VULNERABLE:
         assert not dependencies[name].contains(vulnerable), (name, vulnerable)
+    # the plugins shipped beside JitPay do not name a lower floor of their own
+    for path in sorted((ROOT / "plugins").glob("*/pyproject.toml")):
+        for text in tomllib.loads(path.read_text())["project"].get("dependencies", []):
+            requirement = Requirement(text)
+            for name, vulnerable in VULNERABLE:
+                assert requirement.name.lower() != name or not requirement.specifier.contains(vulnerable), (path, text)
     assert "psycopg" not in dependencies  # SQLite is the default: PostgreSQL's driver is the postgres extra
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(Requirement(text).name == "psycopg" for text in extras["postgres"])
