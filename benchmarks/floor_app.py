@@ -4,7 +4,7 @@
 with the gateway's public key, through ``cryptography`` like JitPay), then one conditional
 ``UPDATE floor_order SET status = 'success' ... WHERE "orderId" = ? AND status = 'pending'`` in autocommit, and
 answer ``success`` (on SQLite the threads of a worker take turns for the UPDATE, so that they queue on a lock
-rather than in SQLite's sleeping busy handler). Served by uvicorn like ``jit serve`` (same workers, access log on); the database connection comes
+rather than in SQLite's sleeping busy handler). Served by uvicorn like ``jit serve`` (:mod:`serve_floor`: same workers, same socket, access log on); the database connection comes
 from ``jitcore.app.create_engine``, so SQLite runs with JitPay's settings (WAL, synchronous=FULL, busy timeout).
 
 Configured by the environment: ``FLOOR_DATABASE`` (SQLAlchemy URL), ``FLOOR_PUBLIC_KEY`` (PEM file).

@@ -231,8 +231,8 @@ def prepare_floor(directory: Path, database: str, batches: list[int], key_serial
     engine.dispose()
     env = {**os.environ, "PYTHONPATH": f"{BENCH_DIR}{os.pathsep}{ROOT}", "FLOOR_DATABASE": database,
            "FLOOR_PUBLIC_KEY": str(directory / ".sandbox" / "alipay_gateway_public_key.pem")}
-    side.server = Server([sys.executable, "-m", "uvicorn", "floor_app:app"], BENCH_DIR, env,
-                         directory / "floor.log", 2)
+    side.server = Server([sys.executable, str(BENCH_DIR / "serve_floor.py")], BENCH_DIR, env, directory / "floor.log",
+                         2)
     return side
 
 
