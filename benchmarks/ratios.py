@@ -251,39 +251,48 @@ def _timed(fn: Callable[[], Any], n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
-def run(database: str | None, label: str, directory: Path, *, rounds: int = 5) -> list[Bar]:
-    """Every in-process bar on one database."""
+BENCHES = ("getPayUrl", "create", "query", "flow")
+
+
+def run(database: str | None, label: str, directory: Path, *, rounds: int = 5,
+        only: tuple[str, ...] = BENCHES) -> list[Bar]:
+    """The in-process bars (``only`` these) on one database."""
     bench = Bench(directory, database)
+    ms = 1e3
+    bars = []
     try:
-        sdk_s, url_s = bench.bench_pay_url(rounds, 150)
-        insert_s, create_s = bench.bench_create(rounds, 200)
-        select_s, query_s = bench.bench_query(rounds, 200)
-        parts_s, flow_s = bench.bench_flow(rounds, 100)
-        note = signing_note(bench)
+        if "getPayUrl" in only:
+            sdk_s, url_s = bench.bench_pay_url(rounds, 150)
+            bars.append(Bar("getPayUrl(Alipay, mobile): SDK / JitPay", label, "ms", url_s * ms, sdk_s * ms,
+                            "python-alipay-sdk api_alipay_trade_wap_pay", "min", 1.5, sdk_s / url_s,
+                            signing_note(bench)))
+        if "create" in only:
+            insert_s, create_s = bench.bench_create(rounds, 200)
+            bars.append(Bar("create / floor INSERT+commit", label, "ms", create_s * ms, insert_s * ms,
+                            "INSERT, commit", "max", 6, create_s / insert_s))
+        if "query" in only:
+            select_s, query_s = bench.bench_query(rounds, 200)
+            bars.append(Bar("query / floor SELECT by key", label, "ms", query_s * ms, select_s * ms,
+                            "SELECT by primary key", "max", 8, query_s / select_s))
+        if "flow" in only:
+            parts_s, flow_s = bench.bench_flow(rounds, 100)
+            bars.append(Bar("whole flow: floor / JitPay", label, "ms", flow_s * ms, parts_s * ms,
+                            "INSERT + sign + verify + UPDATE&audit tx + SELECT", "min", 0.4, parts_s / flow_s,
+                            "create, getPayUrl mobile, notification (parse, verify, pay, outbox), query"))
     finally:
         bench.close()
-    ms = 1e3
-    return [
-        Bar("getPayUrl(Alipay, mobile): SDK / JitPay", label, "ms", url_s * ms, sdk_s * ms,
-            "python-alipay-sdk api_alipay_trade_wap_pay", "min", 1.5, sdk_s / url_s, note),
-        Bar("create / floor INSERT+commit", label, "ms", create_s * ms, insert_s * ms, "INSERT, commit", "max", 6,
-            create_s / insert_s),
-        Bar("query / floor SELECT by key", label, "ms", query_s * ms, select_s * ms, "SELECT by primary key", "max",
-            8, query_s / select_s),
-        Bar("whole flow: floor / JitPay", label, "ms", flow_s * ms, parts_s * ms,
-            "INSERT + sign + verify + UPDATE&audit tx + SELECT", "min", 0.4, parts_s / flow_s,
-            "create, getPayUrl mobile, notification (parse, verify, pay, outbox), query"),
-    ]
+    return bars
 
 
-def run_all(*, skip_postgres: bool = False, rounds: int = 5) -> list[Bar]:
+def run_all(*, skip_postgres: bool = False, rounds: int = 5, only: tuple[str, ...] = BENCHES) -> list[Bar]:
     bars = []
     # the repository's file system, like the app's own database (a tmpfs would make every fsync free)
     with tempfile.TemporaryDirectory(prefix=".bench-", dir=ROOT) as tmp:
-        bars += run(None, "SQLite", Path(tmp), rounds=rounds)
+        bars += run(None, "SQLite", Path(tmp), rounds=rounds, only=only)
     if not skip_postgres:
         with durable_postgres() as server, tempfile.TemporaryDirectory(prefix=".bench-", dir=ROOT) as tmp:
-            bars += run(server.new_database(), f"PostgreSQL {server.version.split()[0]}", Path(tmp), rounds=rounds)
+            bars += run(server.new_database(), f"PostgreSQL {server.version.split()[0]}", Path(tmp), rounds=rounds,
+                        only=only)
     return bars
 
 
@@ -291,8 +300,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--rounds", type=int, default=5, help="alternating batches per side (best kept)")
+    parser.add_argument("--only", default=",".join(BENCHES), help=f"some of {','.join(BENCHES)}")
     args = parser.parse_args()
-    bars = run_all(skip_postgres=args.skip_postgres, rounds=args.rounds)
+    bars = run_all(skip_postgres=args.skip_postgres, rounds=args.rounds, only=tuple(args.only.split(",")))
     print_table(bars, f"== issue 14, in-process bars ({machine()}) ==")
 
 

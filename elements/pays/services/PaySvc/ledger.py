@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from elements.pays.services.PaySvc.migrations import ensure_schema
 from elements.pays.services.PaySvc.models import PayAudit, PayOrder, PayPayment, PayRefund
 from elements.pays.services.PaySvc.rejections import RejectionLimiter, bounded_payload
+from jitcore.sql import Conn, database
 
 ORDERS = PayOrder.__table__
 PAYMENTS = PayPayment.__table__
@@ -58,6 +59,24 @@ JOB_CLOSE_TRADES = "pays.close_trades"
 JOB_REFUND = "pays.refund"
 #: seconds after a refund is reserved at which its job makes sure it was finished (and retries an unknown outcome)
 REFUND_FOLLOW_UP = 60.0
+
+# The hot statements, built once and compiled once per database (jitcore.sql); tests/elements/pays/test_query_plans.py
+# checks that each one finds its rows through an index.
+ORDER_BY_ID = select(ORDERS).where(ORDERS.c.orderId == bindparam("orderId"))
+PAYMENTS_OF_ORDER = select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId")).order_by(PAYMENTS.c.id)
+PAYMENT_BY_ID = select(PAYMENTS).where(PAYMENTS.c.id == bindparam("id"))
+REFUNDS_OF_ORDER = select(REFUNDS).where(REFUNDS.c.orderId == bindparam("orderId")).order_by(REFUNDS.c.id)
+REFUND_BY_ID = select(REFUNDS).where(REFUNDS.c.id == bindparam("id"))
+REFUND_BY_REFUND_ID = select(REFUNDS).where(REFUNDS.c.orderId == bindparam("orderId"),
+                                            REFUNDS.c.refundId == bindparam("refundId"))
+OFFERED_PROVIDERS = (select(PAYMENTS.c.provider, func.max(PAYMENTS.c.id).label("last"))
+                     .where(PAYMENTS.c.orderId == bindparam("orderId")).group_by(PAYMENTS.c.provider))
+REUSABLE_PAYMENT = (select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
+                                           PAYMENTS.c.provider == bindparam("provider"),
+                                           PAYMENTS.c.payType == bindparam("payType"),
+                                           PAYMENTS.c.status == "prepared", PAYMENTS.c.payUrl.is_not(None),
+                                           PAYMENTS.c.expiresAt > bindparam("validUntil"))
+                    .order_by(PAYMENTS.c.updatedAt.desc()).limit(1))
 
 
 def utcnow() -> datetime:
@@ -148,6 +167,7 @@ class Ledger:
     def __init__(self, engine: Engine, jobs: Any, order_dict: Callable[[Row], dict[str, Any]],
                  surplus: str = "refund", rejections: RejectionLimiter | None = None) -> None:
         self.engine = engine
+        self.db = database(engine)
         self.jobs = jobs
         self.order_dict = order_dict
         self.surplus = surplus
@@ -166,6 +186,13 @@ class Ledger:
     def _read(self) -> Iterator[Connection]:
         self.ensure_schema()
         with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _reading(self) -> Iterator[Conn]:
+        """A connection for the hot reads (compiled statements, autocommit)."""
+        self.ensure_schema()
+        with self.db.read() as conn:
             yield conn
 
     @contextmanager
@@ -234,51 +261,54 @@ class Ledger:
     # -- reads --------------------------------------------------------------------------------------------------------
     def order(self, order_id: str) -> Row | None:
         """The order, or None."""
-        with self._read() as conn:
-            return self._order(conn, order_id)
+        with self._reading() as conn:
+            return conn.first(ORDER_BY_ID, {"orderId": order_id})
+
+    def order_details(self, order_id: str) -> tuple[Row | None, list[Row], list[Row]]:
+        """The order (or None), its payments and its refunds, oldest first, read on one connection."""
+        with self._reading() as conn:
+            order = conn.first(ORDER_BY_ID, {"orderId": order_id})
+            if order is None:
+                return None, [], []
+            return order, conn.all(PAYMENTS_OF_ORDER, {"orderId": order_id}), \
+                conn.all(REFUNDS_OF_ORDER, {"orderId": order_id})
 
     def payments(self, order_id: str) -> list[Row]:
         """The order's payments, oldest first."""
-        with self._read() as conn:
-            return list(conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == order_id)
-                                     .order_by(PAYMENTS.c.id)).all())
+        with self._reading() as conn:
+            return conn.all(PAYMENTS_OF_ORDER, {"orderId": order_id})
 
     def payment(self, payment_id: int) -> Row | None:
         """One payment by id."""
-        with self._read() as conn:
-            return self._payment(conn, payment_id)
+        with self._reading() as conn:
+            return conn.first(PAYMENT_BY_ID, {"id": payment_id})
 
     def refunds(self, order_id: str) -> list[Row]:
         """The order's refunds, oldest first."""
-        with self._read() as conn:
-            return list(conn.execute(select(REFUNDS).where(REFUNDS.c.orderId == order_id)
-                                     .order_by(REFUNDS.c.id)).all())
+        with self._reading() as conn:
+            return conn.all(REFUNDS_OF_ORDER, {"orderId": order_id})
 
     def refund(self, refund_row_id: int) -> Row | None:
         """One refund by its row id."""
-        with self._read() as conn:
-            return self._refund(conn, refund_row_id)
+        with self._reading() as conn:
+            return conn.first(REFUND_BY_ID, {"id": refund_row_id})
 
     def refund_by_id(self, order_id: str, refund_id: str) -> Row | None:
         """A refund by the order and its ``refundId``."""
-        with self._read() as conn:
-            return conn.execute(select(REFUNDS).where(REFUNDS.c.orderId == order_id,
-                                                      REFUNDS.c.refundId == refund_id)).first()
+        with self._reading() as conn:
+            return conn.first(REFUND_BY_REFUND_ID, {"orderId": order_id, "refundId": refund_id})
 
     def offered_providers(self, order_id: str) -> list[str]:
         """The payment elements the order has trades with, most recent first."""
-        with self._read() as conn:
-            rows = conn.execute(select(PAYMENTS.c.provider, func.max(PAYMENTS.c.id))
-                                .where(PAYMENTS.c.orderId == order_id).group_by(PAYMENTS.c.provider)).all()
+        with self._reading() as conn:
+            rows = conn.all(OFFERED_PROVIDERS, {"orderId": order_id})
         return [provider for provider, _ in sorted(rows, key=lambda r: -r[1])]
 
     def reusable_payment(self, order_id: str, provider: str, pay_type: str, valid_until: datetime) -> Row | None:
         """The latest prepared trade of this kind whose pay URL is still valid at ``valid_until``."""
-        with self._read() as conn:
-            return conn.execute(select(PAYMENTS).where(
-                PAYMENTS.c.orderId == order_id, PAYMENTS.c.provider == provider, PAYMENTS.c.payType == pay_type,
-                PAYMENTS.c.status == "prepared", PAYMENTS.c.payUrl.is_not(None),
-                PAYMENTS.c.expiresAt > valid_until).order_by(PAYMENTS.c.updatedAt.desc()).limit(1)).first()
+        with self._reading() as conn:
+            return conn.first(REUSABLE_PAYMENT, {"orderId": order_id, "provider": provider, "payType": pay_type,
+                                                 "validUntil": valid_until})
 
     def sweep_candidates(self, *, checked_before: datetime, created_before: datetime, limit: int) -> list[Row]:
         """Trades that may still capture money, not asked about since ``checked_before``, created before

@@ -1,0 +1,252 @@
+"""Core statements compiled once, run on the driver's cursor: the hot paths of the job queue and the payment ledger.
+
+Executing a Core construct through SQLAlchemy costs, on every call, building it, computing its cache key, an execution
+context and a result object; ``engine.connect()`` adds a Connection, an autobegin and a reset. For the few statements a
+payment runs that is most of its cost. Here a statement is built once (a module constant with ``bindparam``\\ s),
+compiled once per dialect into its SQL text and the bind and result conversions SQLAlchemy would apply to its columns
+(values are stored and read back exactly as through SQLAlchemy: SQLite's DATETIME text, booleans), and run on the
+DBAPI connection:
+
+- :meth:`Database.read`: a pooled connection in autocommit, for reads (each statement sees the latest commit; no
+  BEGIN or ROLLBACK round trips);
+- :meth:`Database.on`: the connection of a SQLAlchemy Connection or Session whose transaction is open
+  (``engine.begin()``), so that compiled statements and ordinary Core statements share one transaction;
+- :func:`bookkeeping`: a transaction whose commit need not wait for the disk (SQLite ``synchronous=NORMAL``,
+  PostgreSQL ``synchronous_commit = off``), for writes that are redone if a power failure takes them (job claims and
+  outcomes). Both databases write their log in order, so such a commit can only be lost together with every commit
+  after it, never one that a durable commit after it depends on.
+
+Rows come back as named tuples (attribute access like SQLAlchemy's ``Row``); a driver error is raised as SQLAlchemy's
+exception for it (``sqlalchemy.exc.IntegrityError``, ...), and a connection it reports lost is invalidated.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import weakref
+from typing import Any, Iterator, Mapping
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine
+
+__all__ = ["Statement", "Database", "Conn", "database", "bookkeeping"]
+
+_ROW_TYPES: dict[tuple[str, ...], type] = {}
+_ROW_TYPES_LOCK = threading.Lock()
+
+
+def _row_type(names: tuple[str, ...]) -> type:
+    """One named-tuple class per column list."""
+    found = _ROW_TYPES.get(names)
+    if found is None:
+        with _ROW_TYPES_LOCK:
+            found = _ROW_TYPES.get(names)
+            if found is None:
+                found = _ROW_TYPES[names] = collections.namedtuple("Row", names)  # type: ignore[misc]
+    return found
+
+
+class Statement:
+    """A Core statement compiled for one dialect: its SQL, how to bind a dict of parameters (defaults of its literal
+    values, bind conversions, positional or named) and how to turn a result row into a named tuple."""
+
+    __slots__ = ("sql", "_positional", "_names", "_defaults", "_binders", "_row", "_results")
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        if compiled.escaped_bind_names:  # pragma: no cover - the statements here use plain names
+            raise ValueError("compiled statements need bind names that the driver takes as they are")
+        required = [name for name, bind in compiled.binds.items() if bind.required]
+        # the SQL as it is run: an IN (<constants>) becomes one bound parameter per constant (the parameters the
+        # caller gives get a stand-in value for this only)
+        state = compiled.construct_expanded_state({name: None for name in required})
+        self.sql: str = state.statement
+        self._positional = bool(compiled.positional)
+        self._names: tuple[str, ...] = tuple(state.positiontup) if self._positional else tuple(state.parameters)
+        processors = {}
+        for name in self._names:
+            bind = compiled.binds.get(name)  # not there: a constant of an expanded IN
+            process = (bind.type.dialect_impl(dialect).bind_processor(dialect) if bind is not None
+                       else state.processors.get(name))
+            if process is not None:
+                processors[name] = process
+        self._defaults = {name: (processors[name](value) if name in processors else value)
+                          for name, value in state.parameters.items() if name not in required}
+        self._binders = tuple((name, processors[name]) for name in required if name in processors)
+        columns = list(statement.exported_columns) if getattr(statement, "exported_columns", None) is not None else []
+        if columns:
+            names = tuple(column.key if column.key else column.name for column in columns)
+            self._row: type | None = _row_type(names)
+            results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
+            self._results = results if any(results) else None
+        else:
+            self._row = None
+            self._results = None
+
+    def parameters(self, params: Mapping[str, Any] | None) -> Any:
+        """The driver's parameters for ``params`` (the statement's bind names; literal values filled in)."""
+        values = {**self._defaults, **params} if params else dict(self._defaults)
+        for name, process in self._binders:
+            if name in values:
+                values[name] = process(values[name])
+        if self._positional:
+            return tuple(values[name] for name in self._names)
+        return values
+
+    def row(self, raw: Any) -> Any:
+        """A driver row as a named tuple, with SQLAlchemy's result conversions."""
+        results = self._results
+        if results is None:
+            return self._row._make(raw)  # type: ignore[union-attr]
+        return self._row._make([value if process is None or value is None else process(value)  # type: ignore[union-attr]
+                                for process, value in zip(results, raw)])
+
+
+class Conn:
+    """A DBAPI connection with the compiled statements of its database. ``invalidate`` is called when the driver
+    reports the connection lost."""
+
+    __slots__ = ("db", "dbapi", "_invalidate")
+
+    def __init__(self, db: "Database", dbapi: Any, invalidate: Any = None) -> None:
+        self.db = db
+        self.dbapi = dbapi
+        self._invalidate = invalidate
+
+    def execute(self, statement: Any, params: Mapping[str, Any] | None = None) -> tuple[Statement, Any]:
+        """Run ``statement`` (a Core statement, compiled on first use) with ``params``; the compiled statement and
+        the driver's cursor."""
+        compiled = self.db.compiled(statement)
+        arguments = compiled.parameters(params)
+        try:
+            return compiled, self.dbapi.execute(compiled.sql, arguments)
+        except self.db.dbapi_error as error:
+            raise self.db.translate(error, compiled.sql, arguments, self._invalidate) from error
+
+    def first(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """The first row (a named tuple) or None."""
+        compiled, cursor = self.execute(statement, params)
+        raw = cursor.fetchone()
+        cursor.close()
+        return None if raw is None else compiled.row(raw)
+
+    def all(self, statement: Any, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """Every row."""
+        compiled, cursor = self.execute(statement, params)
+        rows = [compiled.row(raw) for raw in cursor.fetchall()]
+        cursor.close()
+        return rows
+
+    def scalar(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row (converted), or None."""
+        row = self.first(statement, params)
+        return None if row is None else row[0]
+
+    def rowcount(self, statement: Any, params: Mapping[str, Any] | None = None) -> int:
+        """Run a DML statement; the number of rows it matched."""
+        _, cursor = self.execute(statement, params)
+        count = cursor.rowcount
+        cursor.close()
+        return int(count)
+
+
+class Database:
+    """The compiled statements and connections of one engine (:func:`database` gives the one of an engine)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self.name = engine.dialect.name
+        self.dbapi_error = engine.dialect.loaded_dbapi.Error
+        # keyed by the statement object's id; the statement is kept with it, so that the id stays its own
+        self._compiled: dict[int, tuple[Any, Statement]] = {}
+
+    def compiled(self, statement: Any) -> Statement:
+        """``statement`` compiled for this database (once)."""
+        found = self._compiled.get(id(statement))
+        if found is None or found[0] is not statement:
+            found = self._compiled[id(statement)] = (statement, Statement(statement, self.dialect))
+        return found[1]
+
+    def translate(self, error: Exception, sql: str, params: Any, invalidate: Any) -> Exception:
+        """The SQLAlchemy exception for a driver error (the connection invalidated if it is lost)."""
+        disconnect = False
+        try:
+            disconnect = bool(self.dialect.is_disconnect(error, None, None))
+        except Exception:  # pragma: no cover - a dialect that cannot tell
+            pass
+        if disconnect and invalidate is not None:
+            invalidate(error)
+        return sa_exc.DBAPIError.instance(sql, params, error, self.dialect.loaded_dbapi.Error,
+                                          connection_invalidated=disconnect, dialect=self.dialect)
+
+    def on(self, connection: Any) -> Conn:
+        """The compiled statements on the connection of a SQLAlchemy Connection or Session (its transaction, begun
+        if need be)."""
+        if not isinstance(connection, Connection):
+            connection = connection.connection()  # a Session: its transaction's connection
+        return Conn(self, connection.connection.driver_connection, connection.invalidate)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Conn]:
+        """A pooled connection in autocommit for reads: every statement sees the latest commit. (SQLite runs
+        autocommit already; PostgreSQL's connection is switched for the time and back.)"""
+        pooled = self.engine.raw_connection()
+        dbapi = pooled.driver_connection
+        switch = self.name == "postgresql"
+        try:
+            if switch:
+                dbapi.autocommit = True
+            yield Conn(self, dbapi, pooled.invalidate)
+        finally:
+            if switch:
+                try:
+                    dbapi.autocommit = False
+                except Exception:  # a lost connection: never back into the pool
+                    pooled.invalidate()
+            pooled.close()
+
+
+_DATABASES: "weakref.WeakKeyDictionary[Engine, Database]" = weakref.WeakKeyDictionary()
+_DATABASES_LOCK = threading.Lock()
+
+
+def database(engine: Engine) -> Database:
+    """The :class:`Database` of ``engine`` (one per engine)."""
+    found = _DATABASES.get(engine)
+    if found is None:
+        with _DATABASES_LOCK:
+            found = _DATABASES.get(engine)
+            if found is None:
+                found = _DATABASES[engine] = Database(engine)
+    return found
+
+
+@contextlib.contextmanager
+def bookkeeping(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` for a transaction whose commit need not wait for the disk (see the module docstring):
+    SQLite runs it with ``synchronous=NORMAL`` (the connection's own setting is put back afterwards, or the
+    connection is discarded), PostgreSQL with ``SET LOCAL synchronous_commit = off``. Other databases: a plain
+    transaction."""
+    name = engine.dialect.name
+    with engine.connect() as connection:
+        restore = None
+        if name == "sqlite":
+            dbapi = connection.connection.driver_connection
+            level = dbapi.execute("PRAGMA synchronous").fetchone()[0]
+            if level > 1:  # FULL or EXTRA
+                dbapi.execute("PRAGMA synchronous=NORMAL")
+                restore = level
+        try:
+            with connection.begin():
+                if name == "postgresql":
+                    connection.connection.driver_connection.execute("SET LOCAL synchronous_commit = off")
+                yield connection
+        finally:
+            if restore is not None:
+                try:
+                    connection.connection.driver_connection.execute(f"PRAGMA synchronous={int(restore)}")
+                except Exception:  # never hand a connection with weaker durability back to the pool
+                    connection.invalidate()
