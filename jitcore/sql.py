@@ -52,7 +52,7 @@ class Statement:
     """A Core statement compiled for one dialect: its SQL, how to bind a dict of parameters (defaults of its literal
     values, bind conversions, positional or named) and how to turn a result row into a named tuple."""
 
-    __slots__ = ("sql", "_positional", "_names", "_defaults", "_binders", "_row", "_results")
+    __slots__ = ("sql", "_positional", "_names", "_defaults", "_binders", "_plain", "_row", "_results")
 
     def __init__(self, statement: Any, dialect: Any) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -75,18 +75,22 @@ class Statement:
         self._defaults = {name: (processors[name](value) if name in processors else value)
                           for name, value in state.parameters.items() if name not in required}
         self._binders = tuple((name, processors[name]) for name in required if name in processors)
+        #: positional, every value from the caller, none converted: the parameters are just the values in order
+        self._plain = self._positional and not self._defaults and not self._binders
         columns = list(statement.exported_columns) if getattr(statement, "exported_columns", None) is not None else []
         if columns:
             names = tuple(column.key if column.key else column.name for column in columns)
             self._row: type | None = _row_type(names)
-            results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
-            self._results = results if any(results) else None
+            processors = (column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
+            self._results = tuple((index, process) for index, process in enumerate(processors) if process) or None
         else:
             self._row = None
             self._results = None
 
     def parameters(self, params: Mapping[str, Any] | None) -> Any:
         """The driver's parameters for ``params`` (the statement's bind names; literal values filled in)."""
+        if self._plain:
+            return tuple(map(params.__getitem__, self._names)) if params else ()
         values = {**self._defaults, **params} if params else dict(self._defaults)
         for name, process in self._binders:
             if name in values:
@@ -100,8 +104,12 @@ class Statement:
         results = self._results
         if results is None:
             return self._row._make(raw)  # type: ignore[union-attr]
-        return self._row._make([value if process is None or value is None else process(value)  # type: ignore[union-attr]
-                                for process, value in zip(results, raw)])
+        values = list(raw)
+        for index, process in results:
+            value = values[index]
+            if value is not None:
+                values[index] = process(value)
+        return self._row._make(values)  # type: ignore[union-attr]
 
 
 class Conn:
@@ -127,17 +135,44 @@ class Conn:
 
     def first(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
         """The first row (a named tuple) or None."""
-        compiled, cursor = self.execute(statement, params)
-        raw = cursor.fetchone()
+        compiled = self.db.compiled(statement)
+        arguments = compiled.parameters(params)
+        try:
+            cursor = self.dbapi.execute(compiled.sql, arguments)
+            raw = cursor.fetchone()
+        except self.db.dbapi_error as error:
+            raise self.db.translate(error, compiled.sql, arguments, self._invalidate) from error
         cursor.close()
         return None if raw is None else compiled.row(raw)
 
     def all(self, statement: Any, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row."""
-        compiled, cursor = self.execute(statement, params)
-        rows = [compiled.row(raw) for raw in cursor.fetchall()]
+        compiled = self.db.compiled(statement)
+        arguments = compiled.parameters(params)
+        try:
+            cursor = self.dbapi.execute(compiled.sql, arguments)
+            raws = cursor.fetchall()
+        except self.db.dbapi_error as error:
+            raise self.db.translate(error, compiled.sql, arguments, self._invalidate) from error
         cursor.close()
-        return rows
+        row = compiled.row
+        return [row(raw) for raw in raws]
+
+    def many(self, *queries: tuple[Any, Mapping[str, Any] | None]) -> list[list[Any]]:
+        """Every row of each ``(statement, params)``: on PostgreSQL sent together in one round trip (psycopg's
+        pipeline mode), elsewhere one after the other."""
+        if self.db.name != "postgresql" or not hasattr(self.dbapi, "pipeline"):
+            return [self.all(statement, params) for statement, params in queries]
+        compiled = [(self.db.compiled(statement), params) for statement, params in queries]
+        try:
+            with self.dbapi.pipeline():
+                cursors = [self.dbapi.execute(c.sql, c.parameters(params)) for c, params in compiled]
+            results = [[c.row(raw) for raw in cursor.fetchall()] for (c, _), cursor in zip(compiled, cursors)]
+        except self.db.dbapi_error as error:
+            raise self.db.translate(error, "; ".join(c.sql for c, _ in compiled), None, self._invalidate) from error
+        for cursor in cursors:
+            cursor.close()
+        return results
 
     def scalar(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row (converted), or None."""
@@ -189,24 +224,40 @@ class Database:
             connection = connection.connection()  # a Session: its transaction's connection
         return Conn(self, connection.connection.driver_connection, connection.invalidate)
 
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Conn]:
-        """A pooled connection in autocommit for reads: every statement sees the latest commit. (SQLite runs
-        autocommit already; PostgreSQL's connection is switched for the time and back.)"""
-        pooled = self.engine.raw_connection()
+    def read(self) -> "_Read":
+        """A pooled connection in autocommit for reads (``with db.read() as conn``): every statement sees the latest
+        commit. (SQLite runs autocommit already; PostgreSQL's connection is switched for the time and back.)"""
+        return _Read(self)
+
+
+class _Read:
+    """:meth:`Database.read`'s context (a class: cheaper than a generator on a path run for every read)."""
+
+    __slots__ = ("db", "pooled", "switch")
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def __enter__(self) -> Conn:
+        pooled = self.pooled = self.db.engine.raw_connection()
         dbapi = pooled.driver_connection
-        switch = self.name == "postgresql"
-        try:
-            if switch:
+        self.switch = self.db.name == "postgresql"
+        if self.switch:
+            try:
                 dbapi.autocommit = True
-            yield Conn(self, dbapi, pooled.invalidate)
-        finally:
-            if switch:
-                try:
-                    dbapi.autocommit = False
-                except Exception:  # a lost connection: never back into the pool
-                    pooled.invalidate()
-            pooled.close()
+            except BaseException:
+                pooled.close()
+                raise
+        return Conn(self.db, dbapi, pooled.invalidate)
+
+    def __exit__(self, *exc: Any) -> None:
+        pooled = self.pooled
+        if self.switch:
+            try:
+                pooled.driver_connection.autocommit = False
+            except Exception:  # a lost connection: never back into the pool
+                pooled.invalidate()
+        pooled.close()
 
 
 _DATABASES: "weakref.WeakKeyDictionary[Engine, Database]" = weakref.WeakKeyDictionary()

@@ -149,10 +149,12 @@ class PaySvc(NormalService):
         """The order as stored (``status`` is pending | success | failed | closed | refunded), with its ``payments``
         (one per provider trade; ``accepted`` marks the one that paid the order, a captured one that is not is a
         surplus) and its ``refunds``."""
-        order = self._order(orderId)
+        order, payments, refunds = self.ledger.order_details(orderId)  # one read
+        if order is None:
+            raise OrderNotExist(f"no order {orderId}", details={"orderId": orderId})
         result = self.order_dict(order)
-        result["payments"] = [payment_dict(p) for p in self.ledger.payments(orderId)]
-        result["refunds"] = [refund_dict(r) for r in self.ledger.refunds(orderId)]
+        result["payments"] = [payment_dict(p) for p in payments]
+        result["refunds"] = [refund_dict(r) for r in refunds]
         return result
 
     def check(self, orderId: str, fullName: str) -> dict[str, Any]:

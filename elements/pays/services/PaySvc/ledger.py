@@ -35,6 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
+from elements.pays.money import from_fen
 from elements.pays.services.PaySvc.migrations import ensure_schema
 from elements.pays.services.PaySvc.models import PayAudit, PayOrder, PayPayment, PayRefund
 from elements.pays.services.PaySvc.rejections import RejectionLimiter, bounded_payload
@@ -188,12 +189,11 @@ class Ledger:
         with self.engine.connect() as conn:
             yield conn
 
-    @contextmanager
-    def _reading(self) -> Iterator[Conn]:
-        """A connection for the hot reads (compiled statements, autocommit)."""
-        self.ensure_schema()
-        with self.db.read() as conn:
-            yield conn
+    def _reading(self) -> Any:
+        """A connection for the hot reads (compiled statements, autocommit): ``with self._reading() as conn``."""
+        if not self._ready:
+            self.ensure_schema()
+        return self.db.read()
 
     @contextmanager
     def _write(self) -> Iterator[_Tx]:
@@ -265,13 +265,13 @@ class Ledger:
             return conn.first(ORDER_BY_ID, {"orderId": order_id})
 
     def order_details(self, order_id: str) -> tuple[Row | None, list[Row], list[Row]]:
-        """The order (or None), its payments and its refunds, oldest first, read on one connection."""
+        """The order (or None), its payments and its refunds, oldest first, read on one connection (on PostgreSQL in
+        one round trip)."""
+        key = {"orderId": order_id}
         with self._reading() as conn:
-            order = conn.first(ORDER_BY_ID, {"orderId": order_id})
-            if order is None:
-                return None, [], []
-            return order, conn.all(PAYMENTS_OF_ORDER, {"orderId": order_id}), \
-                conn.all(REFUNDS_OF_ORDER, {"orderId": order_id})
+            orders, payments, refunds = conn.many((ORDER_BY_ID, key), (PAYMENTS_OF_ORDER, key),
+                                                  (REFUNDS_OF_ORDER, key))
+        return (orders[0], payments, refunds) if orders else (None, [], [])
 
     def payments(self, order_id: str) -> list[Row]:
         """The order's payments, oldest first."""
@@ -724,8 +724,6 @@ class Ledger:
 
 def payment_dict(payment: Row) -> dict[str, Any]:
     """The public view of a payment."""
-    from elements.pays.money import from_fen
-
     return {"paymentId": payment.id, "fullName": payment.provider, "payType": payment.payType,
             "reference": payment.reference, "tradeNo": payment.tradeNo, "amount": from_fen(payment.amountFen),
             "status": payment.status, "role": payment.role, "accepted": payment.role == "accepted",
@@ -735,8 +733,6 @@ def payment_dict(payment: Row) -> dict[str, Any]:
 
 def refund_dict(refund: Row) -> dict[str, Any]:
     """The public view of a refund."""
-    from elements.pays.money import from_fen
-
     return {"orderId": refund.orderId, "refundId": refund.refundId, "paymentId": refund.paymentId,
             "amount": from_fen(refund.amountFen), "status": refund.status, "kind": refund.kind,
             "refundNo": refund.refundNo, "reason": refund.reason,
