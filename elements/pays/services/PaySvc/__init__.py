@@ -507,14 +507,18 @@ class PaySvc(NormalService):
 
     # -- helpers ------------------------------------------------------------------------------------------------------
     def provider(self, fullName: str) -> PayProvider:
-        """The payment element ``fullName`` (a configured Type such as ``pays.AliPayType``, or an app instance of
-        one); anything else is UNKNOWN_PAY_TYPE."""
+        """The payment element ``fullName`` (a Type the app configures, such as ``pays.AliPayType``, or an app
+        instance of one); anything else, also an installed payment Type this app does not configure, is
+        UNKNOWN_PAY_TYPE."""
         try:
             define = self.app.getDefine(fullName)
         except ElementNotFound:
             raise UnknownPayType(f"{fullName!r} is not a payment element") from None
         if define.kind == "Meta" or not self.app.isA(fullName, PAY_META):
             raise UnknownPayType(f"{fullName!r} is not a payment element")
+        if not self.app.configures(fullName):  # installed (a plugin's, the official one) but not set up here
+            raise UnknownPayType(f"{fullName} is not configured in this app: give it its config under elements: "
+                                 f"in the app YAML", details={"fullName": fullName})
         element = self.app.loadElement(fullName)
         if not isinstance(element, PayProvider):
             raise UnknownPayType(f"{fullName!r} is not a payment element")

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from elements.pays.errors import ProviderError
+from elements.pays.errors import ProviderError, UnknownPayType
 from elements.pays.Meta import TradeState
-from jitcore.errors import ArgumentError, ConfigError
+from jitcore.errors import ArgumentError
 from tests.elements.pays.paysvc import fake_plugin
 from tests.elements.pays.paysvc.conftest import fake_class
 
@@ -206,9 +206,11 @@ def test_get_pay_url_errors(pay: Any) -> None:
 
 def test_unconfigured_provider_is_a_clear_error(pay: Any) -> None:
     order = pay.create("Book", "1.00")
-    with pytest.raises(ConfigError) as info:  # pays.AliPayType is not configured in this app
+    with pytest.raises(UnknownPayType) as info:  # pays.AliPayType is installed but not configured in this app
         pay.getPayUrl(orderId=order["orderId"], fullName="pays.AliPayType", payType="pc")
-    assert "pays.AliPayType" in str(info.value)
+    assert "pays.AliPayType is not configured in this app" in str(info.value)
+    with pytest.raises(UnknownPayType):
+        pay.check(orderId=order["orderId"], fullName="pays.AliPayType")
 
 
 # -- check and notifications ---------------------------------------------------------------------------------------
