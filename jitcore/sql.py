@@ -99,6 +99,11 @@ class Statement:
             return tuple(values[name] for name in self._names)
         return values
 
+    def row_of(self, values: Mapping[str, Any]) -> Any:
+        """A row of this statement's columns made from ``values`` (by column name; a missing one is None): what was
+        just written, without reading it back."""
+        return self._row._make([values.get(name) for name in self._row._fields])  # type: ignore[union-attr]
+
     def row(self, raw: Any) -> Any:
         """A driver row as a named tuple, with SQLAlchemy's result conversions."""
         results = self._results

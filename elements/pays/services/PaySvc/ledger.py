@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Iterator
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
@@ -78,6 +78,53 @@ REUSABLE_PAYMENT = (select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orde
                                            PAYMENTS.c.status == "prepared", PAYMENTS.c.payUrl.is_not(None),
                                            PAYMENTS.c.expiresAt > bindparam("validUntil"))
                     .order_by(PAYMENTS.c.updatedAt.desc()).limit(1))
+ORDER_BY_ID_LOCKED = ORDER_BY_ID.with_for_update()
+PAYMENT_BY_REFERENCE = select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
+                                              PAYMENTS.c.provider == bindparam("provider"),
+                                              PAYMENTS.c.reference == bindparam("reference"))
+PAYMENT_BY_TRADE_NO = select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
+                                             PAYMENTS.c.provider == bindparam("provider"),
+                                             PAYMENTS.c.tradeNo == bindparam("tradeNo"))
+LIVE_PROVIDERS = select(PAYMENTS.c.provider).distinct().where(PAYMENTS.c.orderId == bindparam("orderId"),
+                                                              PAYMENTS.c.status.in_(LIVE_PAYMENT))
+
+
+def _insert_all(table: Any) -> Any:
+    """INSERT of every column but an autoincrement key, each a bind named after it."""
+    return insert(table).values({c.name: bindparam(c.name) for c in table.columns
+                                 if not (c.primary_key and c.autoincrement is True or c.name == "id")})
+
+
+def _scalar_defaults(table: Any) -> dict[str, Any]:
+    """The columns' scalar defaults (what SQLAlchemy would insert for a value not given)."""
+    return {c.name: c.default.arg for c in table.columns if c.default is not None and c.default.is_scalar}
+
+
+INSERT_ORDER = _insert_all(ORDERS)
+INSERT_AUDIT = _insert_all(AUDIT)
+ORDER_DEFAULTS = _scalar_defaults(ORDERS)
+PAYMENT_DEFAULTS = _scalar_defaults(PAYMENTS)
+#: a new trade: its id, or none when the same trade (order, element, reference) is there already
+INSERT_PAYMENT = {
+    "sqlite": sqlite_insert(PAYMENTS).values({c.name: bindparam(c.name) for c in PAYMENTS.columns if c.name != "id"})
+    .on_conflict_do_nothing(index_elements=["orderId", "provider", "reference"]).returning(PAYMENTS.c.id),
+    "postgresql": postgresql_insert(PAYMENTS)
+    .values({c.name: bindparam(c.name) for c in PAYMENTS.columns if c.name != "id"})
+    .on_conflict_do_nothing(index_elements=["orderId", "provider", "reference"]).returning(PAYMENTS.c.id),
+}
+ORDER_STILL_PENDING = (update(ORDERS).where(ORDERS.c.orderId == bindparam("orderId"), ORDERS.c.status == "pending")
+                       .values(updatedAt=bindparam("now")))
+PAYMENT_OFFER = (update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId"))
+                 .values(payType=bindparam("payType"), payUrl=bindparam("payUrl"), qrCode=bindparam("qrCode"),
+                         expiresAt=bindparam("expiresAt"), updatedAt=bindparam("updatedAt")))
+PAYMENT_CAPTURED = (update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId"),
+                                           PAYMENTS.c.status.in_(LIVE_PAYMENT + ("expired",)))
+                    .values(status="paid", tradeNo=bindparam("tradeNo"), paidAt=bindparam("paidAt"),
+                            updatedAt=bindparam("now"), checkedAt=bindparam("now")))
+ORDER_ACCEPTED = (update(ORDERS).where(ORDERS.c.orderId == bindparam("orderId"), ORDERS.c.status == "pending")
+                  .values(status="success", paymentId=bindparam("paymentId"), provider=bindparam("provider"),
+                          tradeNo=bindparam("tradeNo"), payTime=bindparam("payTime"), updatedAt=bindparam("now")))
+PAYMENT_ROLE = update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId")).values(role=bindparam("role"))
 
 
 def utcnow() -> datetime:
@@ -141,6 +188,8 @@ class Audit:
 @dataclass
 class _Tx:
     conn: Connection
+    #: the same transaction for compiled statements
+    fast: Conn
     #: jobs to run right after the commit (event deliveries, closing trades a caller waits for)
     events: list[int] = field(default_factory=list)
     #: jobs left to the runner
@@ -201,7 +250,7 @@ class Ledger:
         for the jobs it enqueued."""
         self.ensure_schema()
         with self.engine.begin() as conn:
-            tx = _Tx(conn)
+            tx = _Tx(conn, self.db.on(conn))
             yield tx
         if tx.events:
             self.jobs.run_now(tx.events)
@@ -225,38 +274,37 @@ class Ledger:
 
     @staticmethod
     def _audit(tx: _Tx, values: dict[str, Any]) -> None:
-        tx.conn.execute(AUDIT.insert().values(**values))
+        tx.fast.rowcount(INSERT_AUDIT, values)
 
     @staticmethod
     def _order(conn: Connection, order_id: str, *, lock: bool = False) -> Row | None:
         """The order row; ``lock``: held until the transaction ends (PostgreSQL ``FOR UPDATE``; SQLite's
         transactions hold the database already). Every writer that changes an order and its payments locks the
         order first, so two of them never wait on each other in opposite orders."""
-        statement = select(ORDERS).where(ORDERS.c.orderId == order_id)
-        return conn.execute(statement.with_for_update() if lock else statement).first()
+        return _fast(conn).first(ORDER_BY_ID_LOCKED if lock else ORDER_BY_ID, {"orderId": order_id})
 
-    @staticmethod
-    def _insert_payment(conn: Connection, values: dict[str, Any]) -> Row:
-        """Insert a payment, or find the one a concurrent transaction inserted for the same trade."""
-        if conn.dialect.name in ("postgresql", "sqlite"):
-            dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
-            conn.execute(dialect_insert(PAYMENTS).values(**values)
-                         .on_conflict_do_nothing(index_elements=["orderId", "provider", "reference"]))
+    def _insert_payment(self, tx: _Tx, values: dict[str, Any]) -> tuple[Row, bool]:
+        """Insert a payment, or find the one a concurrent transaction inserted for the same trade; and whether this
+        call inserted it. A new row is made from what was written, not read back."""
+        values = {**PAYMENT_DEFAULTS, **values}
+        statement = INSERT_PAYMENT.get(self.db.name)
+        if statement is not None:
+            payment_id = tx.fast.scalar(statement, {c.name: values.get(c.name) for c in PAYMENTS.columns})
+            if payment_id is not None:
+                return self.db.compiled(PAYMENT_BY_ID).row_of({**values, "id": payment_id}), True
         else:  # pragma: no cover - other databases: a plain insert
-            conn.execute(PAYMENTS.insert().values(**values))
-        row = conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == values["orderId"],
-                                                  PAYMENTS.c.provider == values["provider"],
-                                                  PAYMENTS.c.reference == values["reference"])).first()
+            tx.conn.execute(PAYMENTS.insert().values(**values))
+        row = tx.fast.first(PAYMENT_BY_REFERENCE, values)
         assert row is not None
-        return row
+        return row, False
 
     @staticmethod
     def _payment(conn: Connection, payment_id: int) -> Row | None:
-        return conn.execute(select(PAYMENTS).where(PAYMENTS.c.id == payment_id)).first()
+        return _fast(conn).first(PAYMENT_BY_ID, {"id": payment_id})
 
     @staticmethod
     def _refund(conn: Connection, refund_row_id: int) -> Row | None:
-        return conn.execute(select(REFUNDS).where(REFUNDS.c.id == refund_row_id)).first()
+        return _fast(conn).first(REFUND_BY_ID, {"id": refund_row_id})
 
     # -- reads --------------------------------------------------------------------------------------------------------
     def order(self, order_id: str) -> Row | None:
@@ -384,7 +432,9 @@ class Ledger:
     def _insert_audit(self, rows: list[dict[str, Any]]) -> None:
         self.ensure_schema()
         with self.engine.begin() as conn:
-            conn.execute(AUDIT.insert(), rows)
+            fast = self.db.on(conn)
+            for row in rows:
+                fast.rowcount(INSERT_AUDIT, row)
 
     # -- orders -------------------------------------------------------------------------------------------------------
     def create_order(self, values: dict[str, Any]) -> tuple[Row, bool]:
@@ -392,9 +442,9 @@ class Ledger:
         is taken."""
         try:
             with self._write() as tx:
-                tx.conn.execute(ORDERS.insert().values(**values))
-                row = self._order(tx.conn, values["orderId"])
-                assert row is not None
+                values = {**ORDER_DEFAULTS, **values}
+                tx.fast.rowcount(INSERT_ORDER, {c.name: values.get(c.name) for c in ORDERS.columns})
+                row = self.db.compiled(ORDER_BY_ID).row_of(values)  # as written: not read back
                 self._publish(tx, "jit_order_created", row.orderId, order=self.order_dict(row))
             return row, True
         except IntegrityError:
@@ -431,23 +481,19 @@ class Ledger:
         is recorded all the same (so the sweep watches it) and a job closes it; the caller refuses the pay URL."""
         now = utcnow()
         with self._write() as tx:
-            pending = tx.conn.execute(update(ORDERS).where(ORDERS.c.orderId == order_id,
-                                                           ORDERS.c.status == "pending")
-                                      .values(updatedAt=now)).rowcount == 1
+            pending = tx.fast.rowcount(ORDER_STILL_PENDING, {"orderId": order_id, "now": now}) == 1
             offer = {"payType": payType, "payUrl": payUrl if pending else None, "qrCode": qrCode if pending else None,
                      "expiresAt": expiresAt, "updatedAt": now}
-            payment = self._insert_payment(tx.conn, {
+            payment, inserted = self._insert_payment(tx, {
                 "orderId": order_id, "provider": provider, "providerName": providerName, "reference": reference,
                 "amountFen": amountFen, "status": "prepared", "reservedFen": 0, "refundedFen": 0, "createdAt": now,
                 **offer})
-            payment_id = payment.id
-            if payment.status == "prepared":
-                tx.conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == payment_id).values(**offer))
+            if not inserted and payment.status == "prepared":  # the same trade offered again
+                tx.fast.rowcount(PAYMENT_OFFER, {"paymentId": payment.id, **offer})
+                payment = payment._replace(**offer)
             if not pending:
                 self._enqueue(tx, JOB_CLOSE_TRADES, {"orderId": order_id, "provider": provider},
                               dedupeKey=f"close:{order_id}:{provider}", run_now=True)
-            payment = self._payment(tx.conn, payment_id)
-            assert payment is not None
             return payment, pending
 
     def _find_or_add_payment(self, tx: _Tx, order: Row, provider: str, providerName: str, reference: str,
@@ -455,25 +501,23 @@ class Ledger:
         """The payment a provider's report is about: by trade number first (a trade already recorded paid, whatever
         reference it was filed under), then by reference; a trade nobody recorded (a crash between the provider
         call and the record, or another copy of the app) is added."""
-        conn = tx.conn
+        fast = tx.fast
         if tradeNo:
-            known = conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == order.orderId,
-                                                        PAYMENTS.c.provider == provider,
-                                                        PAYMENTS.c.tradeNo == tradeNo)).first()
+            known = fast.first(PAYMENT_BY_TRADE_NO, {"orderId": order.orderId, "provider": provider,
+                                                     "tradeNo": tradeNo})
             if known is not None:
                 return known
-        row = conn.execute(select(PAYMENTS).where(PAYMENTS.c.orderId == order.orderId,
-                                                  PAYMENTS.c.provider == provider,
-                                                  PAYMENTS.c.reference == reference)).first()
+        row = fast.first(PAYMENT_BY_REFERENCE, {"orderId": order.orderId, "provider": provider,
+                                                "reference": reference})
         if row is not None and (row.status not in CAPTURED_PAYMENT or not tradeNo or row.tradeNo == tradeNo):
             return row
         if row is not None:  # the reference is taken by another captured trade: file this one beside it
             reference = f"{reference}#{tradeNo}"[:64]
         now = utcnow()
-        return self._insert_payment(conn, {
+        return self._insert_payment(tx, {
             "orderId": order.orderId, "provider": provider, "providerName": providerName, "payType": "unknown",
             "reference": reference, "amountFen": order.amountFen, "status": "prepared", "reservedFen": 0,
-            "refundedFen": 0, "createdAt": now, "updatedAt": now})
+            "refundedFen": 0, "createdAt": now, "updatedAt": now})[0]
 
     def apply_paid(self, order_id: str, *, provider: str, providerName: str, reference: str, tradeNo: str | None,
                    payTime: datetime | None, audit: Audit) -> PaidOutcome:
@@ -482,33 +526,33 @@ class Ledger:
         ``success``, ``jit_order_paid`` fires, the order's other trades are closed by jobs), else a surplus
         (``jit_payment_surplus``, and a full refund by a job unless the app keeps surplus money)."""
         now = utcnow()
+        paid_at = as_utc(payTime) or now
         with self._write() as tx:
-            conn = tx.conn
-            order = self._order(conn, order_id, lock=True)
+            fast = tx.fast
+            order = fast.first(ORDER_BY_ID_LOCKED, {"orderId": order_id})
             assert order is not None
             payment = self._find_or_add_payment(tx, order, provider, providerName, reference, tradeNo)
-            captured = conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == payment.id,
-                                                           PAYMENTS.c.status.in_(LIVE_PAYMENT + ("expired",)))
-                                    .values(status="paid", tradeNo=tradeNo, paidAt=as_utc(payTime) or now,
-                                            updatedAt=now, checkedAt=now)).rowcount == 1
+            captured = fast.rowcount(PAYMENT_CAPTURED, {"paymentId": payment.id, "tradeNo": tradeNo,
+                                                        "paidAt": paid_at, "now": now}) == 1
             if not captured:
                 self._audit(tx, audit.values("unchanged", order_id, message="already processed"))
                 return PaidOutcome("known", payment, order)
-            accepted = conn.execute(update(ORDERS).where(ORDERS.c.orderId == order_id, ORDERS.c.status == "pending")
-                                    .values(status="success", paymentId=payment.id, provider=provider,
-                                            tradeNo=tradeNo, payTime=as_utc(payTime) or now, updatedAt=now)
-                                    ).rowcount == 1
+            accepted = fast.rowcount(ORDER_ACCEPTED, {"orderId": order_id, "paymentId": payment.id,
+                                                      "provider": provider, "tradeNo": tradeNo, "payTime": paid_at,
+                                                      "now": now}) == 1
             role = "accepted" if accepted else "surplus"
-            conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == payment.id).values(role=role))
-            payment = self._payment(conn, payment.id)
-            order = self._order(conn, order_id)
-            assert payment is not None and order is not None
+            fast.rowcount(PAYMENT_ROLE, {"paymentId": payment.id, "role": role})
+            # what was just written, not read back (the order is locked: nothing else changed it)
+            payment = payment._replace(status="paid", tradeNo=tradeNo, paidAt=paid_at, updatedAt=now, checkedAt=now,
+                                       role=role)
+            if accepted:
+                order = order._replace(status="success", paymentId=payment.id, provider=provider, tradeNo=tradeNo,
+                                       payTime=paid_at, updatedAt=now)
             order_view = self.order_dict(order)
             if accepted:
                 self._audit(tx, audit.values("pending->success", order_id))
                 self._publish(tx, "jit_order_paid", order_id, order=order_view)
-                others = conn.execute(select(PAYMENTS.c.provider).distinct().where(
-                    PAYMENTS.c.orderId == order_id, PAYMENTS.c.status.in_(LIVE_PAYMENT))).scalars().all()
+                others = [row.provider for row in fast.all(LIVE_PROVIDERS, {"orderId": order_id})]
                 for other in sorted(set(others) | {provider}):
                     self._enqueue(tx, JOB_CLOSE_TRADES, {"orderId": order_id, "provider": other},
                                   dedupeKey=f"close:{order_id}:{other}")
@@ -720,6 +764,11 @@ class Ledger:
                 REFUNDS.c.orderId == order_id, REFUNDS.c.status == "confirmed")).scalar_one()
         expected = order.amountFen - order.refundedFen if order.status in PAID_ORDER else 0
         return int(captured) - int(refunded), expected
+
+
+def _fast(conn: Connection) -> Conn:
+    """The compiled statements on an open SQLAlchemy connection."""
+    return database(conn.engine).on(conn)
 
 
 def payment_dict(payment: Row) -> dict[str, Any]:
