@@ -41,11 +41,14 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        and_, delete, exists, insert, or_, select, text, update)
+                        and_, bindparam, delete, exists, insert, or_, select, text, update)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from jitcore.errors import ConfigError
+from jitcore.sql import database
 
 if TYPE_CHECKING:
     from jitcore.app import App
@@ -301,6 +304,37 @@ def _not_blocked() -> Any:
                            earlier.c.state.in_(("due", "running")))
 
 
+# The statements of the hot path (enqueue, a job claimed and finished right after its commit), built once and compiled
+# once per database (jitcore.sql). Bind names differ from the columns a statement sets.
+_j = job_table.c
+_INSERT_VALUES = {name: bindparam(name) for name in ("kind", "payload", "state", "attempts", "dueAt", "createdAt",
+                                                      "updatedAt", "dedupeKey", "sequenceKey")}
+#: a new job's id
+INSERT_JOB = insert(job_table).values(_INSERT_VALUES).returning(_j.id)
+#: a new job's id, or none when an unfinished job has its dedupeKey
+INSERT_JOB_DEDUPED = {
+    "sqlite": sqlite_insert(job_table).values(_INSERT_VALUES)
+    .on_conflict_do_nothing(index_elements=["dedupeKey"]).returning(_j.id),
+    "postgresql": postgresql_insert(job_table).values(_INSERT_VALUES)
+    .on_conflict_do_nothing(index_elements=["dedupeKey"]).returning(_j.id),
+}
+JOB_BY_ID = select(job_table).where(_j.id == bindparam("jobId"))
+CLAIMABLE_BY_ID = (select(_j.id, _j.kind, _j.state, _j.attempts, _j.runner, _j.dedupeKey)
+                   .where(_j.id == bindparam("jobId"), _due_condition(bindparam("now")), _not_blocked()))
+_TAKE_WHERE = (_j.id == bindparam("jobId"), _j.state == bindparam("wasState"), _j.attempts == bindparam("wasAttempts"),
+               _due_condition(bindparam("now")), _not_blocked())
+_TAKE_VALUES = {"state": "running", "runner": bindparam("runnerId"), "leaseUntil": bindparam("lease"),
+                "attempts": _j.attempts + 1, "updatedAt": bindparam("now")}
+#: a claim: the candidate as it was read (unchanged), still due, not blocked by its sequence
+TAKE = update(job_table).where(*_TAKE_WHERE).values(_TAKE_VALUES)
+TAKE_LOST_LEASE = update(job_table).where(*_TAKE_WHERE).values({**_TAKE_VALUES, "lastError": bindparam("error")})
+#: the fenced success of the attempt that claimed it
+FINISH_DONE = (update(job_table).where(_j.id == bindparam("jobId"), _j.runner == bindparam("runnerId"),
+                                       _j.state == "running", _j.attempts == bindparam("wasAttempts"))
+               .values(state="done", finishedAt=bindparam("now"), updatedAt=bindparam("now"), leaseUntil=None,
+                       dedupeKey=None))
+
+
 def _as_connection(conn: Any) -> Connection:
     """The Connection of a SQLAlchemy Connection or Session (the session's transaction begins if need be)."""
     return conn if isinstance(conn, Connection) else conn.connection()
@@ -327,10 +361,12 @@ def _insert_ignoring(conn: Connection, table: Table, values: dict[str, Any], con
 
 
 def _insert_job(conn: Connection, values: dict[str, Any]) -> int | None:
-    if values.get("dedupeKey") is not None:
+    deduped = values.get("dedupeKey") is not None
+    statement = INSERT_JOB_DEDUPED.get(conn.dialect.name) if deduped else INSERT_JOB
+    if statement is not None and conn.dialect.insert_returning:
+        return database(conn.engine).on(conn).scalar(statement, values)
+    if deduped:
         return _insert_ignoring(conn, job_table, values, ["dedupeKey"])
-    if conn.dialect.insert_returning:
-        return conn.execute(insert(job_table).values(**values).returning(job_table.c.id)).scalar_one()
     return conn.execute(insert(job_table).values(**values)).inserted_primary_key[0]
 
 
@@ -528,11 +564,11 @@ class JobQueue:
                 log.error("job %s (%s) is dead after %d attempts: %s", row.id, row.kind, row.attempts, lost)
                 self._schedule_next(conn, row.kind, kind, row.dedupeKey, now)
                 return "dead"
-            values["lastError"] = lost
-        result = conn.execute(update(job_table).where(*unchanged, _not_blocked()).values(
-            state="running", runner=self._runner_id(), leaseUntil=now + timedelta(seconds=kind.leaseSeconds),
-            attempts=j.attempts + 1, updatedAt=now, **values))
-        return "claimed" if result.rowcount == 1 else None
+            values["error"] = lost
+        claimed = database(conn.engine).on(conn).rowcount(TAKE_LOST_LEASE if values else TAKE, {
+            "jobId": row.id, "wasState": row.state, "wasAttempts": row.attempts, "now": now,
+            "runnerId": self._runner_id(), "lease": now + timedelta(seconds=kind.leaseSeconds), **values})
+        return "claimed" if claimed == 1 else None
 
     def _claim_next(self) -> tuple[str | None, Any]:
         """Claim the next due job: ``("claimed", row)``, ``("dead", None)`` or ``(None, None)`` when none is due."""
@@ -551,19 +587,18 @@ class JobQueue:
             for row in conn.execute(candidates).all():
                 outcome = self._take(conn, row, now)
                 if outcome == "claimed":
-                    return outcome, conn.execute(select(job_table).where(j.id == row.id)).one()
+                    return outcome, database(conn.engine).on(conn).first(JOB_BY_ID, {"jobId": row.id})
                 if outcome == "dead":
                     return outcome, None
         return None, None
 
     def _claim_id(self, job_id: int) -> Any:
-        j = job_table.c
         now = utcnow()
         with self.app.engine.begin() as conn:
-            row = conn.execute(select(j.id, j.kind, j.state, j.attempts, j.runner, j.dedupeKey)
-                               .where(j.id == job_id, _due_condition(now), _not_blocked())).first()
+            fast = database(conn.engine).on(conn)
+            row = fast.first(CLAIMABLE_BY_ID, {"jobId": job_id, "now": now})
             if row is not None and self._take(conn, row, now) == "claimed":
-                return conn.execute(select(job_table).where(j.id == job_id)).one()
+                return fast.first(JOB_BY_ID, {"jobId": job_id})
         return None
 
     def _execute(self, row: Any) -> str:
@@ -587,9 +622,9 @@ class JobQueue:
     def _succeeded(self, row: Any, kind: JobKind) -> None:
         now = utcnow()
         with self.app.engine.begin() as conn:
-            result = conn.execute(update(job_table).where(*self._fence(row)).values(
-                state="done", finishedAt=now, updatedAt=now, leaseUntil=None, dedupeKey=None))
-            if result.rowcount == 1:
+            finished = database(conn.engine).on(conn).rowcount(FINISH_DONE, {
+                "jobId": row.id, "runnerId": row.runner, "wasAttempts": row.attempts, "now": now})
+            if finished == 1:
                 self._schedule_next(conn, row.kind, kind, row.dedupeKey, now)
                 log.debug("job %s (%s) done on attempt %d", row.id, row.kind, row.attempts)
             else:
