@@ -16,6 +16,10 @@ alive:
 - a claim holds a *lease* (``leaseSeconds``); a job whose runner died is claimed again once it expires.
 - *finishing* is fenced: ``UPDATE ... WHERE id = :id AND runner = :me AND state = 'running' AND attempts = :n``, so
   a runner that lost its lease cannot overwrite the outcome of the attempt that replaced it.
+- claims and outcomes are *bookkeeping* (:func:`jitcore.sql.bookkeeping`): their commits do not wait for the disk
+  (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit = off`` for that transaction). A power failure may
+  take the last of them, never a job itself (written at the caller's durability) nor a commit made after them: the
+  job is then simply run again, which at-least-once delivery allows.
 
 Delivery is therefore at least once: a handler that dies half-way runs again. Make handlers idempotent.
 
@@ -48,7 +52,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from jitcore.errors import ConfigError
-from jitcore.sql import database
+from jitcore.sql import bookkeeping, database
 
 if TYPE_CHECKING:
     from jitcore.app import App
@@ -579,7 +583,7 @@ class JobQueue:
             with self.app.engine.connect() as conn:
                 if conn.execute(select(j.id).where(_due_condition(now), _not_blocked()).limit(1)).first() is None:
                     return None, None
-        with self.app.engine.begin() as conn:
+        with bookkeeping(self.app.engine) as conn:
             candidates = (select(j.id, j.kind, j.state, j.attempts, j.runner, j.dedupeKey)
                           .where(_due_condition(now), _not_blocked()).order_by(j.dueAt, j.id).limit(CANDIDATES))
             if conn.dialect.name == "postgresql":
@@ -594,7 +598,7 @@ class JobQueue:
 
     def _claim_id(self, job_id: int) -> Any:
         now = utcnow()
-        with self.app.engine.begin() as conn:
+        with bookkeeping(self.app.engine) as conn:
             fast = database(conn.engine).on(conn)
             row = fast.first(CLAIMABLE_BY_ID, {"jobId": job_id, "now": now})
             if row is not None and self._take(conn, row, now) == "claimed":
@@ -621,7 +625,7 @@ class JobQueue:
 
     def _succeeded(self, row: Any, kind: JobKind) -> None:
         now = utcnow()
-        with self.app.engine.begin() as conn:
+        with bookkeeping(self.app.engine) as conn:
             finished = database(conn.engine).on(conn).rowcount(FINISH_DONE, {
                 "jobId": row.id, "runnerId": row.runner, "wasAttempts": row.attempts, "now": now})
             if finished == 1:
@@ -648,7 +652,7 @@ class JobQueue:
             else:
                 due = now + timedelta(seconds=kind.backoff(row.attempts))
             values.update(state="due", dueAt=due)
-        with self.app.engine.begin() as conn:
+        with bookkeeping(self.app.engine) as conn:
             result = conn.execute(update(job_table).where(*self._fence(row)).values(**values))
             if result.rowcount != 1:
                 log.warning("job %s (%s): attempt %d failed after its lease had been taken over; its outcome is not "
@@ -671,7 +675,7 @@ class JobQueue:
     def _release(self, row: Any) -> None:
         """Give back a claimed job this thread will not start (the attempt is not counted)."""
         j = job_table.c
-        with self.app.engine.begin() as conn:
+        with bookkeeping(self.app.engine) as conn:
             conn.execute(update(job_table).where(*self._fence(row)).values(
                 state="due", attempts=j.attempts - 1, runner=None, leaseUntil=None, updatedAt=utcnow()))
 
@@ -704,7 +708,7 @@ class JobQueue:
         cutoff = utcnow() - (olderThan if olderThan is not None else timedelta(days=self.settings.keepDoneDays))
         deleted = 0
         while True:
-            with self.app.engine.begin() as conn:
+            with bookkeeping(self.app.engine) as conn:
                 ids = conn.execute(select(j.id).where(j.state == "done", j.finishedAt < cutoff).limit(500)).scalars()
                 ids = list(ids)
                 if ids:
