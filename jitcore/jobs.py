@@ -312,7 +312,7 @@ def _not_blocked() -> Any:
 # once per database (jitcore.sql). Bind names differ from the columns a statement sets.
 _j = job_table.c
 _INSERT_VALUES = {name: bindparam(name) for name in ("kind", "payload", "state", "attempts", "dueAt", "createdAt",
-                                                      "updatedAt", "dedupeKey", "sequenceKey")}
+                                                      "updatedAt", "dedupeKey", "sequenceKey", "runner", "leaseUntil")}
 #: a new job's id
 INSERT_JOB = insert(job_table).values(_INSERT_VALUES).returning(_j.id)
 #: a new job's id, or none when an unfinished job has its dedupeKey
@@ -323,6 +323,9 @@ INSERT_JOB_DEDUPED = {
     .on_conflict_do_nothing(index_elements=["dedupeKey"]).returning(_j.id),
 }
 JOB_BY_ID = select(job_table).where(_j.id == bindparam("jobId"))
+#: an unfinished job of the sequence (earlier than any job about to be inserted)
+SEQUENCE_BUSY = (select(_j.id).where(_j.sequenceKey == bindparam("sequenceKey"), _j.state.in_(("due", "running")))
+                 .limit(1))
 CLAIMABLE_BY_ID = (select(_j.id, _j.kind, _j.state, _j.attempts, _j.runner, _j.dedupeKey)
                    .where(_j.id == bindparam("jobId"), _due_condition(bindparam("now")), _not_blocked()))
 _TAKE_WHERE = (_j.id == bindparam("jobId"), _j.state == bindparam("wasState"), _j.attempts == bindparam("wasAttempts"),
@@ -365,6 +368,7 @@ def _insert_ignoring(conn: Connection, table: Table, values: dict[str, Any], con
 
 
 def _insert_job(conn: Connection, values: dict[str, Any]) -> int | None:
+    values = {"runner": None, "leaseUntil": None, **values}
     deduped = values.get("dedupeKey") is not None
     statement = INSERT_JOB_DEDUPED.get(conn.dialect.name) if deduped else INSERT_JOB
     if statement is not None and conn.dialect.insert_returning:
@@ -488,14 +492,19 @@ class JobQueue:
 
     # -- writing jobs -----------------------------------------------------------------------------------------------
     def enqueue(self, conn: Any, kind: str, payload: dict, *, delay: float = 0, at: datetime | None = None,
-                dedupeKey: str | None = None, sequenceKey: str | None = None) -> int | None:
+                dedupeKey: str | None = None, sequenceKey: str | None = None, claim: bool = False) -> int | None:
         """Add a job inside the caller's transaction: ``conn`` is a SQLAlchemy Session or Connection on
         ``app.engine``; this executes one INSERT on it and never commits or rolls back. Returns the new job's id, or
         None when ``dedupeKey`` names a job that is not finished yet (the caller's transaction stays usable).
 
         ``payload`` is a dict of JSON values, ``Decimal``, ``datetime``, ``date`` and ``time`` (see
         :func:`encode_value`); the handler receives it with the same types. The job is due after ``delay`` seconds
-        or at the aware datetime ``at``. Jobs sharing a ``sequenceKey`` run one after the other in id order."""
+        or at the aware datetime ``at``. Jobs sharing a ``sequenceKey`` run one after the other in id order.
+
+        ``claim``: a job due now whose sequence has no unfinished job is inserted already claimed by this thread
+        (its first attempt, with the kind's lease), so that :meth:`run_now` right after the commit runs it without a
+        claiming transaction of its own. Only for a caller that does call :meth:`run_now` with the id after its
+        commit: should it die first, the job is taken again when the lease expires."""
         _check_key("kind", kind, 128)
         _check_key("dedupeKey", dedupeKey, 255)
         _check_key("sequenceKey", sequenceKey, 255)
@@ -510,11 +519,16 @@ class JobQueue:
         due = _naive_utc(at) if at is not None else now + timedelta(seconds=max(0.0, float(delay)))
         connection = _as_connection(conn)
         self._prepare(connection)
-        return _insert_job(connection, {
-            "kind": kind, "payload": encoded, "state": "due", "attempts": 0, "dueAt": due, "createdAt": now,
-            "updatedAt": now, "dedupeKey": dedupeKey, "sequenceKey": sequenceKey})
+        values = {"kind": kind, "payload": encoded, "state": "due", "attempts": 0, "dueAt": due, "createdAt": now,
+                  "updatedAt": now, "dedupeKey": dedupeKey, "sequenceKey": sequenceKey}
+        if claim and due <= now and (sequenceKey is None or database(connection.engine).on(connection).first(
+                SEQUENCE_BUSY, {"sequenceKey": sequenceKey}) is None):
+            values.update(state="running", attempts=1, runner=self._runner_id(),
+                          leaseUntil=now + timedelta(seconds=self._kind(kind).leaseSeconds))
+        return _insert_job(connection, values)
 
-    def publish(self, conn: Any, event: str, kwargs: dict, *, sequenceKey: str | None = None) -> list[int]:
+    def publish(self, conn: Any, event: str, kwargs: dict, *, sequenceKey: str | None = None,
+                claim: bool = False) -> list[int]:
         """Transactional outbox: write hook event ``event`` (e.g. ``"jit_order_paid"``) in the caller's transaction
         as one ``jit.event`` job per implementation registered on ``app.pm``, all sharing one event id (uuid4 hex).
 
@@ -522,7 +536,9 @@ class JobQueue:
         if it declares ``event`` (its hookspec must too), ``event={"id", "name", "attempt", "createdAt"}``. kwargs
         come back with their types (``Decimal``, aware ``datetime``, nested dicts and lists). Deliveries of one
         plugin with the same ``sequenceKey`` happen in id order. Returns the job ids (none without
-        implementations); pass them to :meth:`run_now` after the commit."""
+        implementations); pass them to :meth:`run_now` after the commit. ``claim``: the first implementation's
+        delivery is enqueued claimed (see :meth:`enqueue`); the others are claimed by :meth:`run_now` when their turn
+        comes, so that a process dying in one delivery leaves the next ones due for any runner."""
         caller = getattr(self.app.hook, event, None)
         if caller is None or caller.spec is None:
             raise ValueError(f"{event} is not a hook specified by jitcore or a plugin (jit_hookspecs)")
@@ -534,13 +550,13 @@ class JobQueue:
         impls = [impl for impl in reversed(caller.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
         event_id = uuid.uuid4().hex
         created = datetime.now(UTC)
-        ids = []
+        ids: list[int] = []
         for impl in impls:
             payload = {"event": event, "eventId": event_id, "plugin": impl.plugin_name, "createdAt": created,
                        "kwargs": kwargs}
             # one sequence per subscribing plugin: a failing plugin delays only its own later events
             sequence = f"{sequenceKey}|{impl.plugin_name}" if sequenceKey is not None else None
-            job_id = self.enqueue(conn, EVENT_KIND, payload, sequenceKey=sequence)
+            job_id = self.enqueue(conn, EVENT_KIND, payload, sequenceKey=sequence, claim=claim and not ids)
             assert job_id is not None
             ids.append(job_id)
         return ids
@@ -555,9 +571,9 @@ class JobQueue:
         finished)."""
         j = job_table.c
         kind = self._kind(row.kind)
-        unchanged = [j.id == row.id, j.state == row.state, j.attempts == row.attempts, _due_condition(now)]
         values: dict[str, Any] = {}
         if row.state == "running":
+            unchanged = [j.id == row.id, j.state == row.state, j.attempts == row.attempts, _due_condition(now)]
             lost = (f"attempt {row.attempts} did not finish: its lease expired (runner {row.runner} stopped or "
                     f"hung)")
             if row.attempts >= kind.maxAttempts:
@@ -595,6 +611,14 @@ class JobQueue:
                 if outcome == "dead":
                     return outcome, None
         return None, None
+
+    def _claimed(self, job_id: int) -> Any:
+        """The job if its first attempt is this thread's (claimed when it was enqueued, committed), else None."""
+        with database(self.app.engine).read() as conn:
+            row = conn.first(JOB_BY_ID, {"jobId": job_id})
+        if row is not None and row.state == "running" and row.attempts == 1 and row.runner == self._runner_id():
+            return row
+        return None
 
     def _claim_id(self, job_id: int) -> Any:
         now = utcnow()
@@ -731,14 +755,15 @@ class JobQueue:
 
     def run_now(self, ids: Iterable[int | None]) -> None:
         """Right after the caller's commit: claim and run these jobs in the calling thread if they are still due
-        and not taken (their first attempt without waiting for a runner). Never raises: a failure is recorded and
-        retried later, and a database error leaves the jobs to the runners."""
+        and not taken (their first attempt without waiting for a runner); a job this thread claimed when it enqueued
+        it (``claim=True``) runs without claiming again. Never raises: a failure is recorded and retried later, and a
+        database error leaves the jobs to the runners."""
         for job_id in ids:
             if job_id is None:
                 continue
             try:
                 self.ensure_schema()
-                row = self._claim_id(job_id)
+                row = self._claimed(job_id) or self._claim_id(job_id)
                 if row is not None:
                     self._execute(row)
             except Exception:

@@ -258,7 +258,8 @@ class Ledger:
             self.jobs.wake()
 
     def _publish(self, tx: _Tx, event: str, order_id: str, **kwargs: Any) -> None:
-        tx.events += self.jobs.publish(tx.conn, event, kwargs, sequenceKey=f"order:{order_id}")
+        # claimed in this transaction: delivered right after the commit without a claiming transaction
+        tx.events += self.jobs.publish(tx.conn, event, kwargs, sequenceKey=f"order:{order_id}", claim=True)
 
     def _enqueue(self, tx: _Tx, kind: str, payload: dict[str, Any], *, run_now: bool = False,
                  **options: Any) -> None:
