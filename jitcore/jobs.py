@@ -323,6 +323,12 @@ INSERT_JOB_DEDUPED = {
     .on_conflict_do_nothing(index_elements=["dedupeKey"]).returning(_j.id),
 }
 JOB_BY_ID = select(job_table).where(_j.id == bindparam("jobId"))
+#: is any job claimable now (a runner's poll)
+ANY_CLAIMABLE = select(_j.id).where(_due_condition(bindparam("now")), _not_blocked()).limit(1)
+#: the next claimable jobs, due first (PostgreSQL: skipping those another runner is claiming)
+CLAIMABLE = (select(_j.id, _j.kind, _j.state, _j.attempts, _j.runner, _j.dedupeKey)
+             .where(_due_condition(bindparam("now")), _not_blocked()).order_by(_j.dueAt, _j.id).limit(CANDIDATES))
+CLAIMABLE_LOCKED = CLAIMABLE.with_for_update(skip_locked=True, of=job_table)
 #: an unfinished job of the sequence (earlier than any job about to be inserted)
 SEQUENCE_BUSY = (select(_j.id).where(_j.sequenceKey == bindparam("sequenceKey"), _j.state.in_(("due", "running")))
                  .limit(1))
@@ -592,22 +598,19 @@ class JobQueue:
 
     def _claim_next(self) -> tuple[str | None, Any]:
         """Claim the next due job: ``("claimed", row)``, ``("dead", None)`` or ``(None, None)`` when none is due."""
-        j = job_table.c
         now = utcnow()
-        if self.app.engine.dialect.name == "sqlite":
+        db = database(self.app.engine)
+        if db.name == "sqlite":
             # an idle poll is a read: it must not take SQLite's write lock (engine.begin() is BEGIN IMMEDIATE)
-            with self.app.engine.connect() as conn:
-                if conn.execute(select(j.id).where(_due_condition(now), _not_blocked()).limit(1)).first() is None:
+            with db.read() as reader:
+                if reader.first(ANY_CLAIMABLE, {"now": now}) is None:
                     return None, None
         with bookkeeping(self.app.engine) as conn:
-            candidates = (select(j.id, j.kind, j.state, j.attempts, j.runner, j.dedupeKey)
-                          .where(_due_condition(now), _not_blocked()).order_by(j.dueAt, j.id).limit(CANDIDATES))
-            if conn.dialect.name == "postgresql":
-                candidates = candidates.with_for_update(skip_locked=True, of=job_table)
-            for row in conn.execute(candidates).all():
+            fast = db.on(conn)
+            for row in fast.all(CLAIMABLE_LOCKED if db.name == "postgresql" else CLAIMABLE, {"now": now}):
                 outcome = self._take(conn, row, now)
                 if outcome == "claimed":
-                    return outcome, database(conn.engine).on(conn).first(JOB_BY_ID, {"jobId": row.id})
+                    return outcome, fast.first(JOB_BY_ID, {"jobId": row.id})
                 if outcome == "dead":
                     return outcome, None
         return None, None
