@@ -80,8 +80,8 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def worker_memory(self) -> list[tuple[float, float]]:
-        """(RSS, PSS) in MiB of each worker process (uvicorn's spawned children)."""
+    def worker_processes(self) -> list[Path]:
+        """The /proc entries of the worker processes (uvicorn's spawned children)."""
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -89,8 +89,29 @@ class Server:
             try:
                 stat = (entry / "stat").read_text()
                 ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid != self.process.pid or b"spawn_main" not in (entry / "cmdline").read_bytes():
-                    continue
+                if ppid == self.process.pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append(entry)
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the worker processes have used so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for entry in self.worker_processes():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks
+            except (OSError, ValueError, IndexError):
+                continue
+        return total
+
+    def worker_memory(self) -> list[tuple[float, float]]:
+        """(RSS, PSS) in MiB of each worker process."""
+        found = []
+        for entry in self.worker_processes():
+            try:
                 rss = pss = 0.0
                 for line in (entry / "smaps_rollup").read_text().splitlines():
                     if line.startswith("Rss:"):
@@ -121,6 +142,8 @@ class Result:
     failures: int = 0
     #: seconds from the last response until no job was due any more (JitPay's background work)
     drain: float = 0.0
+    #: CPU seconds the worker processes used for the timed requests (and the background work they left)
+    cpu: float = 0.0
 
     @property
     def per_second(self) -> float:
@@ -247,11 +270,13 @@ def run_side(side: Side, batch: int, path: str, concurrency: int, warmup: int, d
     load(side.server.port, path, bodies[:warmup], concurrency)
     if drain:
         wait_drained(side.url)
+    cpu = side.server.cpu_seconds()
     result = load(side.server.port, path, bodies[warmup:], concurrency)
     if drain:
         started = time.perf_counter()
         wait_drained(side.url)
         result.drain = time.perf_counter() - started
+    result.cpu = side.server.cpu_seconds() - cpu
     return result
 
 
@@ -288,7 +313,8 @@ def run(label: str, directory: Path, jitpay_db: str | None, floor_db: str, *, re
     ms = 1e3
     lines = [f"{label}: {side.name}: {r.per_second:7.1f} notifications/s (responses {r.requests / r.seconds:.1f}/s"
              f"{f', background drained {r.drain:.2f} s after the last' if r.drain else ''}), "
-             f"p50 {r.percentile(50) * ms:.1f} ms, p99 {r.percentile(99) * ms:.1f} ms; workers "
+             f"p50 {r.percentile(50) * ms:.1f} ms, p99 {r.percentile(99) * ms:.1f} ms, workers' CPU "
+             f"{r.cpu / r.requests * ms:.2f} ms per notification; workers "
              + ", ".join(f"RSS {rss:.0f} MiB / PSS {pss:.0f} MiB" for rss, pss in memory[side.name])
              for side, r in ((floor, f), (jitpay, j))]
     rss = [value for value, _ in memory[jitpay.name]]
