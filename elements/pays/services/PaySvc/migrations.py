@@ -20,7 +20,7 @@ from typing import Any, Callable
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-from elements.pays.services.PaySvc.models import SCHEMA_VERSION, TABLES, PayPayment, PaySchema
+from elements.pays.services.PaySvc.models import ADDED_INDEXES, SCHEMA_VERSION, TABLES, PayPayment, PaySchema
 from jitcore.errors import ConfigError
 
 log = logging.getLogger("jitpay")
@@ -55,6 +55,17 @@ def ensure_schema(engine: Engine) -> None:
             STEPS[version](conn)
             version += 1
             conn.execute(text("UPDATE jitpay_schema SET version = :v WHERE id = 1"), {"v": version})
+        _add_indexes(conn)
+
+
+def _add_indexes(conn: Connection) -> None:
+    """Create the indexes added to version 2 after it shipped (:data:`.models.ADDED_INDEXES`) where they are
+    missing."""
+    inspector = inspect(conn)
+    for index in ADDED_INDEXES:
+        if index.name not in {found["name"] for found in inspector.get_indexes(index.table.name)}:
+            log.warning("adding index %s to %s", index.name, index.table.name)
+            index.create(conn)
 
 
 def _aware(value: Any) -> datetime | None:

@@ -87,7 +87,10 @@ class PayRefund(SQLModel, table=True):
     """A refund of (part of) one payment, idempotent per ``refundId`` within its order."""
 
     __tablename__ = "jitpay_refund"
-    __table_args__ = (UniqueConstraint("orderId", "refundId", name="uq_jitpay_refund_order_refund"),)
+    __table_args__ = (UniqueConstraint("orderId", "refundId", name="uq_jitpay_refund_order_refund"),
+                      # the sweep's open refunds (status IN reserved, sent, unknown; untouched since ...); added to
+                      # version 2 later: migrations.ensure_schema creates it in a version-2 database without it
+                      Index("ix_jitpay_refund_open", "status", "updatedAt"))
 
     id: int | None = Field(default=None, primary_key=True)
     orderId: str = Field(max_length=32, foreign_key="jitpay_order.orderId")
@@ -135,3 +138,7 @@ class PaySchema(SQLModel, table=True):
 
 
 TABLES = [PayOrder.__table__, PayPayment.__table__, PayRefund.__table__, PayAudit.__table__, PaySchema.__table__]
+
+#: indexes added to the version-2 tables after version 2 shipped (no schema change a query could notice: a database
+#: without them is still version 2, and ensure_schema adds them)
+ADDED_INDEXES = [index for index in PayRefund.__table__.indexes if index.name == "ix_jitpay_refund_open"]
