@@ -11,7 +11,7 @@ that may have captured money, since notifications may have been dropped) and the
 - every trade that captured money is in ``query(...)["payments"]`` and the ledger's own ``money_check`` agrees;
 - every published payment event reached the event-recording plugin at least once.
 
-CI runs a fixed number of examples (``JITPAY_PROPERTY_EXAMPLES``, default 12 on SQLite and 4 on PostgreSQL);
+CI runs a fixed number of examples (``JITPAY_PROPERTY_EXAMPLES``, default 25 on SQLite and 10 on PostgreSQL);
 ``JITPAY_PROPERTY_EXAMPLES=300 make test PYTEST_ARGS=tests/elements/pays/properties`` is a longer run.
 """
 
@@ -238,7 +238,7 @@ def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
 
 def test_no_captured_money_is_ever_stranded(world: World) -> None:
     postgres = "postgresql" in str(world.app.engine.url)
-    examples = int(os.environ.get("JITPAY_PROPERTY_EXAMPLES", "4" if postgres else "12"))
+    examples = int(os.environ.get("JITPAY_PROPERTY_EXAMPLES", "10" if postgres else "25"))
     # fixed examples in CI (derandomized); JITPAY_PROPERTY_RANDOM=1 explores, JITPAY_PROPERTY_SHRINK=1 minimises a
     # failure (slow: every step is real HTTP)
     phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if os.environ.get("JITPAY_PROPERTY_SHRINK")
