@@ -12,14 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from jitpay_sandbox.wechat_v3 import KEY_FILES, PREFIX, generate_wechat_v3_keys
+from jitpay_sandbox.wechat_v3 import KEY_FILES, generate_wechat_v3_keys
 
 from tests.support.live import wait_for
 

@@ -33,7 +33,7 @@ from elements.pays.errors import (AmountInvalid, NotifyInvalid, OrderIdInvalid, 
 from elements.pays.Meta import (NotifyHeaders, NotifyReply, NotifyRequest, OrderView, PaymentPrep, PayProvider,
                                RefundResult, TradeState)
 
-from .client import Answer, VerifyFailure, WechatV3Api
+from .client import VerifyFailure, WechatV3Api
 from .config import WechatV3Config, read_config
 from .crypto import DecryptError, aes_gcm_decrypt
 
