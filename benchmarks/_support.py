@@ -131,7 +131,7 @@ class Bar:
                     f"({self.floor_name})", "-", "-", "-", self.note]
         bar = f"{'<=' if self.kind == 'max' else '>='} {self.target:g}"
         return [self.name, self.database, f"{self.value:.3f} {self.unit}", f"{self.floor:.3f} {self.unit} "
-                f"({self.floor_name})", f"{self.ratio:.2f}", bar, "yes" if self.met else "NO", self.note]
+                f"({self.floor_name})", f"{self.ratio:.3f}", bar, "yes" if self.met else "NO", self.note]
 
 
 def print_table(bars: list[Bar], title: str = "") -> None:

@@ -22,7 +22,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="timed notifications per HTTP run")
     parser.add_argument("--concurrency", type=int, default=8, help="connections of the HTTP load")
     args = parser.parse_args()
-    started = time.monotonic()
+    started = time.time()
     bars: list[Bar] = []
     lines: list[str] = []
 
@@ -44,7 +44,7 @@ def main() -> None:
         lines += described
     print()
     print(f"== issue 14: JitPay against floors measured in this run ({machine()}; "
-          f"{time.monotonic() - started:.0f} s) ==")
+          f"{time.time() - started:.0f} s) ==")
     for line in lines:
         print(line)
     print_table(bars)

@@ -23,7 +23,6 @@ import argparse
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal
 from itertools import count
 from pathlib import Path
 from typing import Any, Callable
