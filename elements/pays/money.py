@@ -1,4 +1,7 @@
-"""Money: Decimal yuan in, integer fen stored, two places out. Never a float."""
+"""Money: Decimal yuan in, integer fen stored, two places out. Never a float.
+
+Part of the provider contract (docs/PROVIDERS.md): a provider plugin may use :func:`yuan_to_fen` and
+:func:`from_fen` for a wire format in integer fen (WeChat Pay's)."""
 
 from __future__ import annotations
 
@@ -36,6 +39,24 @@ def to_fen(amount: Decimal) -> int:
     fen = amount * 100
     if fen != fen.to_integral_value():
         raise AmountInvalid("amount has more than two decimal places")
+    return int(fen)
+
+
+def yuan_to_fen(amount: Decimal) -> int:
+    """An order's ``Decimal`` yuan → integer fen for the wire, exactly. :class:`AmountInvalid` for fractions of a
+    fen, non-positive or non-finite amounts, and for floats and booleans (money never goes through binary floating
+    point here); ``int`` and ``str`` are read as ``Decimal``."""
+    if isinstance(amount, (float, bool)) or not isinstance(amount, (Decimal, int, str)):
+        raise AmountInvalid(f"amount must be a Decimal number of yuan, not {type(amount).__name__}")
+    try:
+        value = Decimal(amount)
+        fen = value * 100
+        if not value.is_finite() or fen != fen.to_integral_value():
+            raise AmountInvalid(f"amount {amount} is not a whole number of fen (at most two decimal places)")
+    except InvalidOperation:
+        raise AmountInvalid(f"amount {amount!r} is not a number") from None
+    if fen <= 0:
+        raise AmountInvalid(f"amount {amount} must be at least 0.01 yuan")
     return int(fen)
 
 

@@ -41,10 +41,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from elements.pays.errors import (AmountInvalid, NotifyInvalid, ProviderError, RefundInvalid, SignatureInvalid,
                                   UnsupportedPayType)
 from elements.pays.Meta import (NotifyReply, NotifyRequest, OrderView, PaymentPrep, PayProvider, RefundResult,
-                               TradeState)
+                               TradeState, expiry_text)
 from jitcore.errors import ConfigError
 
-from .gateway import AlipayGateway, format_amount, format_timestamp, parse_amount, parse_beijing_time
+from .gateway import BEIJING, TIME_FORMAT, AlipayGateway, format_amount, parse_amount, parse_beijing_time
 from .signing import KeyFormatError, load_rsa_key, public_key_fingerprint, verify_notify_signature
 
 __all__ = ["AliPayType", "time_expire"]
@@ -73,13 +73,9 @@ CURRENCY_FIELDS = ("currency", "trans_currency", "settle_currency")
 
 
 def time_expire(expiresAt: datetime) -> tuple[str, datetime]:
-    """An absolute expiry as Alipay's ``time_expire`` (``yyyy-MM-dd HH:mm:ss``, Beijing time) and the moment that text
-    stands for (aware UTC). Rounded down to the second, so the trade never outlives ``expiresAt``; a naive datetime is
-    taken as UTC (the contract's times are UTC)."""
-    if expiresAt.tzinfo is None:
-        expiresAt = expiresAt.replace(tzinfo=timezone.utc)
-    moment = expiresAt.astimezone(timezone.utc).replace(microsecond=0)
-    return format_timestamp(moment), moment
+    """The order's expiry as Alipay's ``time_expire`` (``yyyy-MM-dd HH:mm:ss``, Beijing time) and the moment that
+    text stands for: :func:`~elements.pays.Meta.expiry_text` (rounded down to the second)."""
+    return expiry_text(expiresAt, TIME_FORMAT, BEIJING)
 
 
 #: every key the element's ``config`` may hold

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, ClassVar, Iterable, Iterator, Literal, Mapping
 from urllib.parse import parse_qsl
@@ -320,6 +320,17 @@ class PayProvider(Element):
         buffer = io.BytesIO()
         segno.make(content, error="m").save(buffer, kind="png", scale=6, border=2)
         return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def expiry_text(expiresAt: datetime, fmt: str, tz: tzinfo) -> tuple[str, datetime]:
+    """The order's expiry as a provider writes it: ``expiresAt`` rounded down to the second, in the provider's
+    timezone ``tz``, formatted with ``fmt`` (``strftime``), and the moment that text stands for (aware UTC). Rounded
+    down, so the provider's trade never outlives the order; a naive ``expiresAt`` is taken as UTC (the contract's
+    times are UTC). Alipay: ``expiry_text(order.expiresAt, "%Y-%m-%d %H:%M:%S", BEIJING)``."""
+    if expiresAt.tzinfo is None:
+        expiresAt = expiresAt.replace(tzinfo=timezone.utc)
+    moment = expiresAt.astimezone(timezone.utc).replace(microsecond=0)
+    return moment.astimezone(tz).strftime(fmt), moment
 
 
 #: the class of the ``pays.Meta`` element

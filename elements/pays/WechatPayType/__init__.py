@@ -21,13 +21,15 @@ import json
 import logging
 import re
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Mapping
 
-from elements.pays.errors import (AmountInvalid, NotifyInvalid, OrderIdInvalid, ProviderError, RefundInvalid,
-                                  SignatureInvalid, SubjectInvalid, UnsupportedPayType)
+from elements.pays.errors import (NotifyInvalid, OrderIdInvalid, ProviderError, RefundInvalid, SignatureInvalid,
+                                  SubjectInvalid, UnsupportedPayType)
+from elements.pays.helpers import cut_utf8
 from elements.pays.Meta import (NotifyReply, NotifyRequest, OrderView, PaymentPrep, PayProvider, RefundResult,
-                               TradeState)
+                               TradeState, expiry_text)
+from elements.pays.money import from_fen, yuan_to_fen
 
 from .api import WechatApi, client_ssl_context
 from .config import WechatConfig, read_config
@@ -65,23 +67,6 @@ _TRADE_STATES = {
 }
 
 
-def yuan_to_fen(amount: Decimal) -> int:
-    """``Decimal`` yuan → integer fen, exactly. Raises :class:`AmountInvalid` for fractions of a fen, non-positive
-    or non-finite amounts (and for floats: money never goes through binary floating point here)."""
-    if isinstance(amount, float) or not isinstance(amount, (Decimal, int, str)):
-        raise AmountInvalid(f"amount must be a Decimal number of yuan, not {type(amount).__name__}")
-    try:
-        value = Decimal(amount)
-        fen = value * 100
-        if not value.is_finite() or fen != fen.to_integral_value():
-            raise AmountInvalid(f"amount {amount} is not a whole number of fen (at most two decimal places)")
-    except InvalidOperation:
-        raise AmountInvalid(f"amount {amount!r} is not a number") from None
-    if fen <= 0:
-        raise AmountInvalid(f"amount {amount} must be at least 0.01 yuan")
-    return int(fen)
-
-
 def fen_to_yuan(fen: str | int) -> Decimal:
     """Integer fen as WeChat writes it (plain ASCII digits, no sign, no leading zero, no spaces: ``"9999"``) →
     ``Decimal`` yuan with two places (``99.99``). Raises ``ValueError`` for any other text, even one that means the
@@ -89,15 +74,7 @@ def fen_to_yuan(fen: str | int) -> Decimal:
     text = str(fen)
     if not _CANONICAL_FEN.fullmatch(text):
         raise ValueError(f"not an amount in fen: {fen!r}")
-    return (Decimal(int(text)) / 100).quantize(Decimal("0.01"))
-
-
-def cut_utf8(text: str, max_bytes: int) -> str:
-    """``text`` cut to at most ``max_bytes`` bytes of UTF-8 without splitting a character."""
-    data = text.encode("utf-8")
-    if len(data) <= max_bytes:
-        return text
-    return data[:max_bytes].decode("utf-8", errors="ignore")
+    return from_fen(int(text))
 
 
 def parse_time_end(value: str | None) -> datetime | None:
@@ -112,13 +89,9 @@ def parse_time_end(value: str | None) -> datetime | None:
 
 
 def time_expire(expiresAt: datetime) -> tuple[str, datetime]:
-    """An absolute expiry as WeChat's ``time_expire`` (``yyyyMMddHHmmss``, Beijing time) and the moment that text
-    stands for (aware UTC). Rounded down to the second, so the trade never outlives ``expiresAt``; a naive datetime is
-    taken as UTC (the contract's times are UTC)."""
-    if expiresAt.tzinfo is None:
-        expiresAt = expiresAt.replace(tzinfo=timezone.utc)
-    moment = expiresAt.astimezone(timezone.utc).replace(microsecond=0)
-    return moment.astimezone(BEIJING).strftime("%Y%m%d%H%M%S"), moment
+    """The order's expiry as WeChat's ``time_expire`` (``yyyyMMddHHmmss``, Beijing time) and the moment that text
+    stands for: :func:`~elements.pays.Meta.expiry_text` (rounded down to the second)."""
+    return expiry_text(expiresAt, "%Y%m%d%H%M%S", BEIJING)
 
 
 def mweb_out_trade_no(orderId: str) -> str:

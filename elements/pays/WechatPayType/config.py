@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from jitcore.errors import ConfigError
+from elements.pays.helpers import ConfigReader
 
 from .signing import SIGN_TYPES
 
@@ -46,25 +44,8 @@ def read_config(fullName: str, raw: Mapping[str, Any], app: Any,
 
     Raises :class:`~jitcore.errors.ConfigError` naming ``fullName`` and the key (never a secret's value)."""
 
-    def fail(key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{fullName}: config key '{key}' {problem}", details={"element": fullName, "key": key})
-
-    unknown = [k for k in raw if k not in CONFIG_KEYS]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, CONFIG_KEYS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(CONFIG_KEYS)})"
-        raise fail(key, "is not a WeChat Pay setting" + hint)
-
-    def text(key: str, *, required: bool = True) -> str | None:
-        value = raw.get(key)
-        if value is None or value == "":
-            if required:
-                raise fail(key, "is required")
-            return None
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise fail(key, f"must be text, not {type(value).__name__}")
-        return str(value).strip()
+    config = ConfigReader(fullName, raw, CONFIG_KEYS, what="WeChat Pay")
+    fail, text = config.fail, config.text
 
     appId = text("appId")
     mchId = text("mchId")
@@ -91,21 +72,8 @@ def read_config(fullName: str, raw: Mapping[str, Any], app: Any,
     if not notifyUrl.startswith(("https://", "http://")):
         raise fail("notifyUrl", "must be an absolute http(s) URL")
 
-    ip = text("spbillCreateIp", required=False) or "127.0.0.1"
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
-        raise fail("spbillCreateIp", "must be an IP address") from None
-
-    timeout_raw = raw.get("timeout", 10)
-    if isinstance(timeout_raw, bool) or not isinstance(timeout_raw, (int, float, str)):
-        raise fail("timeout", "must be a number of seconds")
-    try:
-        timeout = float(timeout_raw)
-    except ValueError:
-        raise fail("timeout", "must be a number of seconds") from None
-    if not 0 < timeout <= 300:
-        raise fail("timeout", "must be more than 0 and at most 300 seconds")
+    ip = config.ip_address("spbillCreateIp")
+    timeout = config.seconds("timeout", default=10, most=300)
 
     root = Path(getattr(app, "root", None) or ".")
 

@@ -6,15 +6,13 @@ it; none ever contains a setting's value (keys come from ``{$file: ...}`` / ``{$
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from cryptography import x509
 
-from jitcore.errors import ConfigError
+from elements.pays.helpers import ConfigReader
 
 from .crypto import (APIV3_KEY_BYTES, RSA_BITS, KeyFormatError, PrivateKey, PublicKey, certificate_serial,
                      load_certificate, load_private_key, load_public_key, normalize_serial, same_public_key)
@@ -69,25 +67,8 @@ def read_config(fullName: str, raw: Mapping[str, Any], notifyUrl: str) -> Wechat
 
     Raises :class:`ConfigError` naming ``fullName`` and the key, never a value."""
 
-    def fail(key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{fullName}: config key '{key}' {problem}", details={"element": fullName, "key": key})
-
-    unknown = [k for k in raw if k not in CONFIG_KEYS]
-    if unknown:
-        key = str(unknown[0])
-        close = difflib.get_close_matches(key, CONFIG_KEYS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(CONFIG_KEYS)})"
-        raise fail(key, "is not a WeChat Pay v3 setting" + hint)
-
-    def text(key: str, *, required: bool = True) -> str | None:
-        value = raw.get(key)
-        if value is None or value == "":
-            if required:
-                raise fail(key, "is required")
-            return None
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise fail(key, f"must be text, not {type(value).__name__}")
-        return str(value).strip()
+    config = ConfigReader(fullName, raw, CONFIG_KEYS, what="WeChat Pay v3")
+    fail, text = config.fail, config.text
 
     appId = text("appId")
     mchId = text("mchId")
@@ -169,21 +150,8 @@ def read_config(fullName: str, raw: Mapping[str, Any], notifyUrl: str) -> Wechat
     if not notify.startswith("https://") and not notify.startswith("http://"):
         raise fail("notifyUrl", "must be an absolute http(s) URL")
 
-    ip = text("payerClientIp", required=False) or "127.0.0.1"
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
-        raise fail("payerClientIp", "must be an IP address") from None
-
-    timeout_raw = raw.get("timeout", 10)
-    if isinstance(timeout_raw, bool) or not isinstance(timeout_raw, (int, float, str)):
-        raise fail("timeout", "must be a number of seconds")
-    try:
-        timeout = float(timeout_raw)
-    except ValueError:
-        raise fail("timeout", "must be a number of seconds") from None
-    if not 0 < timeout <= 300:
-        raise fail("timeout", "must be more than 0 and at most 300 seconds")
+    ip = config.ip_address("payerClientIp")
+    timeout = config.seconds("timeout", default=10, most=300)
 
     return WechatV3Config(appId=appId or "", mchId=mchId or "", apiV3Key=key_bytes, merchantSerialNo=merchantSerialNo,
                           privateKey=privateKey, wechatpayPublicKey=publicKey, wechatpayPublicKeyId=publicKeyId,

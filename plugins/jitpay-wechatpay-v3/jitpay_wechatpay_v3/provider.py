@@ -24,14 +24,16 @@ import logging
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Mapping
 from urllib.parse import quote
 
-from elements.pays.errors import (AmountInvalid, NotifyInvalid, OrderIdInvalid, ProviderError, RefundInvalid,
-                                  SignatureInvalid, SubjectInvalid, UnsupportedPayType)
+from elements.pays.errors import (NotifyInvalid, OrderIdInvalid, ProviderError, RefundInvalid, SignatureInvalid,
+                                  SubjectInvalid, UnsupportedPayType)
+from elements.pays.helpers import cut_utf8
 from elements.pays.Meta import (NotifyHeaders, NotifyReply, NotifyRequest, OrderView, PaymentPrep, PayProvider,
-                               RefundResult, TradeState)
+                               RefundResult, TradeState, expiry_text)
+from elements.pays.money import from_fen, yuan_to_fen
 
 from .client import VerifyFailure, WechatV3Api
 from .config import WechatV3Config, read_config
@@ -77,39 +79,18 @@ _DIGEST_DOMAIN = b"jitpay/wechatpay-v3/out_trade_no\x00"
 
 
 # -- pure helpers ------------------------------------------------------------------------------------------------------
-def yuan_to_fen(amount: Decimal) -> int:
-    """``Decimal`` yuan → integer fen, exactly. :class:`AmountInvalid` for fractions of a fen, non-positive,
-    non-finite amounts and floats."""
-    if isinstance(amount, (float, bool)) or not isinstance(amount, (Decimal, int, str)):
-        raise AmountInvalid(f"amount must be a Decimal number of yuan, not {type(amount).__name__}")
-    try:
-        value = Decimal(amount)
-        fen = value * 100
-        if not value.is_finite() or fen != fen.to_integral_value():
-            raise AmountInvalid(f"amount {amount} is not a whole number of fen (at most two decimal places)")
-    except InvalidOperation:
-        raise AmountInvalid(f"amount {amount!r} is not a number") from None
-    if fen <= 0:
-        raise AmountInvalid(f"amount {amount} must be at least 0.01 yuan")
-    return int(fen)
-
-
 def fen_to_yuan(fen: Any) -> Decimal:
     """A JSON integer of fen (``9999``) → ``Decimal`` yuan with two places (``99.99``). ``ValueError`` for anything
     that is not a non-negative JSON integer (a string, a float, a boolean)."""
     if isinstance(fen, bool) or not isinstance(fen, int) or fen < 0:
         raise ValueError(f"not an amount in fen: {fen!r}"[:80])
-    return (Decimal(fen) / 100).quantize(Decimal("0.01"))
+    return from_fen(fen)
 
 
 def rfc3339(moment: datetime) -> tuple[str, datetime]:
-    """An absolute expiry as WeChat Pay's ``time_expire`` (RFC 3339, Beijing time: ``2026-11-27T12:00:00+08:00``)
-    and the moment that text stands for (aware UTC). Rounded down to the second, so the trade never outlives
-    ``moment``; a naive datetime is taken as UTC (the contract's times are UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    moment = moment.astimezone(timezone.utc).replace(microsecond=0)
-    return moment.astimezone(BEIJING).strftime("%Y-%m-%dT%H:%M:%S+08:00"), moment
+    """The order's expiry as WeChat Pay's ``time_expire`` (RFC 3339, Beijing time: ``2026-11-27T12:00:00+08:00``)
+    and the moment that text stands for: :func:`~elements.pays.Meta.expiry_text` (rounded down to the second)."""
+    return expiry_text(moment, "%Y-%m-%dT%H:%M:%S+08:00", BEIJING)
 
 
 def parse_rfc3339(value: Any) -> datetime | None:
@@ -152,11 +133,6 @@ def order_id_of(out_trade_no: str, attach: str | None = None) -> str | None:
     if attach and _ORDER_ID.fullmatch(attach) and out_trade_no in out_trade_nos(attach).values():
         return attach
     return None
-
-
-def _cut_utf8(text: str, max_bytes: int) -> str:
-    data = text.encode("utf-8")
-    return text if len(data) <= max_bytes else data[:max_bytes].decode("utf-8", errors="ignore")
 
 
 class WechatPayV3Type(PayProvider):
@@ -203,7 +179,7 @@ class WechatPayV3Type(PayProvider):
             raise UnsupportedPayType(f"{self.fullName} supports payTypes {', '.join(self.payTypes)}, not {payType!r}")
         trade_type = "NATIVE" if payType == "pc" else "H5"
         out_trade_no = out_trade_nos(order.orderId)[trade_type]
-        description = _cut_utf8(" ".join(order.subject.split()), 127).strip()
+        description = cut_utf8(" ".join(order.subject.split()), 127).strip()
         if not description:
             raise SubjectInvalid("the subject is empty once trimmed; WeChat Pay needs a description")
         s = self.settings
@@ -224,7 +200,7 @@ class WechatPayV3Type(PayProvider):
             base = (getattr(self.app, "baseUrl", None) or "").rstrip("/") or s.notifyUrl
             title = str(getattr(self.app, "title", None) or getattr(self.app, "appId", None) or "JitPay")
             body["scene_info"] = {"payer_client_ip": (clientIp or "").strip() or s.payerClientIp,
-                                  "h5_info": {"type": "Wap", "app_name": _cut_utf8(title, 64), "app_url": base}}
+                                  "h5_info": {"type": "Wap", "app_name": cut_utf8(title, 64), "app_url": base}}
             answer = self.api.call("POST", "/v3/pay/transactions/h5", body)
             url = answer.data.get("h5_url")
             expires = now + H5_VALIDITY - H5_MARGIN
@@ -333,7 +309,7 @@ class WechatPayV3Type(PayProvider):
         body: dict[str, Any] = ({"transaction_id": order.tradeNo} if order.tradeNo else {"out_trade_no": reference})
         body["out_refund_no"] = refundId
         if reason and reason.strip():
-            body["reason"] = _cut_utf8(" ".join(reason.split()), 80).strip()
+            body["reason"] = cut_utf8(" ".join(reason.split()), 80).strip()
         body["notify_url"] = self.settings.notifyUrl
         body["amount"] = {"refund": fen, "total": total, "currency": CURRENCY}
         try:
