@@ -252,10 +252,50 @@ def create_engine(url: str) -> Any:
 
         return engine
     try:
-        return sa_create_engine(url, pool_pre_ping=True)
+        engine = sa_create_engine(url)
     except ModuleNotFoundError as exc:
         extra = " (pip install 'jitpay[postgres]')" if exc.name and exc.name.startswith("psycopg") else ""
         raise ConfigError(f"database: the driver of this URL is not installed: module {exc.name}{extra}") from None
+    _ping_rested_connections(engine)
+    return engine
+
+
+#: a pooled server connection that rested in the pool longer than this is pinged before it is handed out
+PING_AFTER_REST_SECONDS = 2.0
+
+
+def _ping_rested_connections(engine: Any) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, for connections that rested: a server restart, a proxy's or the server's idle
+    timeout end connections while they wait in the pool, and such a connection is replaced at checkout instead of
+    failing the operation that gets it. A connection used again within :data:`PING_AFTER_REST_SECONDS` (every one,
+    under load) costs no round trip. One that the server dropped within that time fails one operation, is
+    invalidated with every older connection of the pool, and the next operation connects anew."""
+    import time
+
+    from sqlalchemy import event
+    from sqlalchemy.exc import InvalidatePoolError
+
+    dialect = engine.dialect
+
+    @event.listens_for(engine, "checkin")
+    def _rested_from(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["jit_rested_from"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_rested(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        rested_from = record.info.get("jit_rested_from")
+        if rested_from is None or time.monotonic() - rested_from < PING_AFTER_REST_SECONDS:
+            return  # new, or used a moment ago
+        try:
+            dialect.do_ping(dbapi_connection)
+            if not getattr(dbapi_connection, "autocommit", False):
+                dbapi_connection.rollback()  # the ping's transaction: hand the connection out idle
+        except dialect.loaded_dbapi.Error as exc:
+            if not dialect.is_disconnect(exc, dbapi_connection, None):
+                raise
+            # the pool replaces this connection and every older one, and checks out a new one
+            raise InvalidatePoolError(f"a pooled connection was found closed: {exc}") from exc
 
 
 _SQLITE_CONNECTION: list[Any] = []

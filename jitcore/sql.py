@@ -136,7 +136,7 @@ class Conn:
         try:
             return compiled, self.dbapi.execute(compiled.sql, arguments)
         except self.db.dbapi_error as error:
-            raise self.db.translate(error, compiled.sql, arguments, self._invalidate) from error
+            raise self.db.translate(error, compiled.sql, arguments, self._invalidate, self.dbapi) from error
 
     def first(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
         """The first row (a named tuple) or None."""
@@ -146,7 +146,7 @@ class Conn:
             cursor = self.dbapi.execute(compiled.sql, arguments)
             raw = cursor.fetchone()
         except self.db.dbapi_error as error:
-            raise self.db.translate(error, compiled.sql, arguments, self._invalidate) from error
+            raise self.db.translate(error, compiled.sql, arguments, self._invalidate, self.dbapi) from error
         cursor.close()
         return None if raw is None else compiled.row(raw)
 
@@ -158,7 +158,7 @@ class Conn:
             cursor = self.dbapi.execute(compiled.sql, arguments)
             raws = cursor.fetchall()
         except self.db.dbapi_error as error:
-            raise self.db.translate(error, compiled.sql, arguments, self._invalidate) from error
+            raise self.db.translate(error, compiled.sql, arguments, self._invalidate, self.dbapi) from error
         cursor.close()
         row = compiled.row
         return [row(raw) for raw in raws]
@@ -174,7 +174,8 @@ class Conn:
                 cursors = [self.dbapi.execute(c.sql, c.parameters(params)) for c, params in compiled]
             results = [[c.row(raw) for raw in cursor.fetchall()] for (c, _), cursor in zip(compiled, cursors)]
         except self.db.dbapi_error as error:
-            raise self.db.translate(error, "; ".join(c.sql for c, _ in compiled), None, self._invalidate) from error
+            raise self.db.translate(error, "; ".join(c.sql for c, _ in compiled), None, self._invalidate,
+                                    self.dbapi) from error
         for cursor in cursors:
             cursor.close()
         return results
@@ -210,11 +211,12 @@ class Database:
             found = self._compiled[id(statement)] = (statement, Statement(statement, self.dialect))
         return found[1]
 
-    def translate(self, error: Exception, sql: str, params: Any, invalidate: Any) -> Exception:
-        """The SQLAlchemy exception for a driver error (the connection invalidated if it is lost)."""
+    def translate(self, error: Exception, sql: str, params: Any, invalidate: Any, dbapi: Any = None) -> Exception:
+        """The SQLAlchemy exception for a driver error (the connection ``dbapi`` invalidated if it is lost: some
+        dialects, psycopg's, tell that only from the connection)."""
         disconnect = False
         try:
-            disconnect = bool(self.dialect.is_disconnect(error, None, None))
+            disconnect = bool(self.dialect.is_disconnect(error, dbapi, None))
         except Exception:  # pragma: no cover - a dialect that cannot tell
             pass
         if disconnect and invalidate is not None:
@@ -257,7 +259,7 @@ class _Read:
 
     def __exit__(self, *exc: Any) -> None:
         pooled = self.pooled
-        if self.switch:
+        if self.switch and pooled.is_valid:  # (a lost connection is invalidated already)
             try:
                 pooled.driver_connection.autocommit = False
             except Exception:  # a lost connection: never back into the pool
