@@ -117,19 +117,22 @@ class PaySvc(NormalService):
         ends (``expiresAt``). ``clientIp`` must be an IPv4 or IPv6 address."""
         if clientIp is not None:
             clientIp = self._client_ip(clientIp)
-        order = self._pending_order(orderId)
+        now = utcnow()
+        # one read: the order and a still-valid earlier preparation
+        order, reusable = self.ledger.order_and_offer(orderId, fullName, payType, now + REUSE_MARGIN)
+        if order is None:
+            raise OrderNotExist(f"no order {orderId}", details={"orderId": orderId})
+        self._require_pending(order)
         if UNSAFE_TEXT.search(order.subject):  # stored before such characters were refused
             raise SubjectInvalid(f"order {orderId}'s subject holds a character payment providers cannot carry")
         provider = self.provider(fullName)
         if payType not in provider.payTypes:
             raise UnsupportedPayType(f"{fullName} does not support payType {payType!r}; supported: "
                                      f"{', '.join(provider.payTypes)}")
-        now = utcnow()
         window_end = as_utc(order.expiresAt)
         if window_end is not None and window_end - now < MIN_PAY_WINDOW:
             raise OrderExpired(f"order {orderId} can no longer be paid: its payment window ends at "
                                f"{window_end.isoformat()}", details={"expiresAt": window_end.isoformat()})
-        reusable = self.ledger.reusable_payment(orderId, fullName, payType, now + REUSE_MARGIN)
         if reusable is not None:
             return {"orderId": orderId, "payUrl": reusable.payUrl, "qrCode": reusable.qrCode,
                     "expiresAt": as_utc(reusable.expiresAt)}
@@ -348,22 +351,30 @@ class PaySvc(NormalService):
         Captured money is always recorded (as the accepted payment or a surplus); a closed or failed trade changes
         that payment only."""
         raw = payload if payload is not None else dict(state.raw)
-        order = self.ledger.order(state.orderId) if ORDER_ID_RE.match(state.orderId or "") else None
         audit = Audit(kind, provider=provider.fullName, verified=True, payload=raw)
+        known_id = bool(ORDER_ID_RE.match(state.orderId or ""))
+        reference = state.reference or state.orderId
+        if known_id and state.status in CAPTURED_PAYMENT_STATES:
+            # the order is read once, locked, inside the ledger's transaction
+            paid = self.ledger.apply_paid(state.orderId, provider=provider.fullName,
+                                          providerName=provider.providerName, reference=reference,
+                                          tradeNo=state.tradeNo, payTime=state.payTime, paidAmount=state.paidAmount,
+                                          audit=audit, settleHere=settles_where_paid(provider))
+            if paid.outcome == "mismatch":
+                amount = from_fen(paid.order.amountFen)  # type: ignore[union-attr]
+                self.ledger.audit(kind, "rejected", provider=provider.fullName, order_id=state.orderId,
+                                  verified=True, error_code=AmountMismatch.code, payload=raw,
+                                  message=f"paid {state.paidAmount}, order amount {amount}")
+                return False, "amount mismatch"
+            if paid.outcome != "missing":
+                return True, "OK"
+            order = None
+        else:
+            order = self.ledger.order(state.orderId) if known_id else None
         if order is None:
             self.ledger.audit(kind, "rejected", provider=provider.fullName, order_id=state.orderId, verified=True,
                               error_code=OrderNotExist.code, message=f"no order {state.orderId}", payload=raw)
             return False, "order not found"
-        reference = state.reference or state.orderId
-        if state.status in CAPTURED_PAYMENT_STATES:
-            if state.paidAmount is None or state.paidAmount != from_fen(order.amountFen):
-                self.ledger.audit(kind, "rejected", provider=provider.fullName, order_id=state.orderId,
-                                  verified=True, error_code=AmountMismatch.code, payload=raw,
-                                  message=f"paid {state.paidAmount}, order amount {from_fen(order.amountFen)}")
-                return False, "amount mismatch"
-            self.ledger.apply_paid(order.orderId, provider=provider.fullName, providerName=provider.providerName,
-                                   reference=reference, tradeNo=state.tradeNo, payTime=state.payTime, audit=audit)
-            return True, "OK"
         if state.status in ("closed", "failed"):
             self.ledger.apply_unpaid(order.orderId, provider=provider.fullName, providerName=provider.providerName,
                                      reference=reference, status=state.status, audit=audit)
@@ -444,7 +455,7 @@ class PaySvc(NormalService):
         fields = {str(k): v for k, v in fields.items()}
         order_id = providers[0].notify_order_id(fields)
         candidates = providers
-        if order_id and ORDER_ID_RE.match(order_id):
+        if len(providers) > 1 and order_id and ORDER_ID_RE.match(order_id):
             offered = self.ledger.offered_providers(order_id)
             preferred = [p for name in offered for p in providers if p.fullName == name]
             candidates = preferred + [p for p in providers if p not in preferred]
@@ -483,6 +494,11 @@ class PaySvc(NormalService):
                     found.append(element)
             self._configured = found
         return self._configured
+
+    @property
+    def providers_loaded(self) -> bool:
+        """Whether :meth:`configured_providers` is known already (then asking it does no I/O)."""
+        return self._configured is not None
 
     def notify_providers(self, providerName: str) -> list[PayProvider]:
         """The configured payment elements of one provider (``alipay``, ``wechat``, a plugin's ``providerName``),
@@ -648,6 +664,12 @@ def _summary_status(states: list[TradeState], paid_trade: str | None) -> str:
 #: failure kinds after which a request may still have been carried out by the provider
 UNKNOWN_OUTCOME_FAILURES = frozenset({"timeout", "connection", "http_status", "invalid_response", "signature_missing",
                                       "signature_invalid"})
+
+
+def settles_where_paid(provider: PayProvider) -> bool:
+    """Whether ``provider``'s ``settle`` does anything for the element that took the payment (the contract's default
+    does nothing there: a paid order is then settled at that element only if another of its trades is recorded)."""
+    return type(provider).settle is not PayProvider.settle
 
 
 def outcome_unknown(exc: ProviderError) -> bool:

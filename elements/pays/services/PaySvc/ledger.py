@@ -27,6 +27,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import bindparam, func, insert, or_, select, update
@@ -203,11 +204,13 @@ class _NoRoom(Exception):
 @dataclass(frozen=True)
 class PaidOutcome:
     """What a report of captured money did: ``accepted`` (the order is now paid by it), ``surplus`` (recorded as
-    money the order did not need), or ``known`` (this payment was already recorded)."""
+    money the order did not need), ``known`` (this payment was already recorded); or, changing nothing,
+    ``missing`` (no such order: ``order`` and ``payment`` are None) and ``mismatch`` (the amount captured is not the
+    order's: ``payment`` is None)."""
 
     outcome: str
-    payment: Row
-    order: Row
+    payment: Row | None
+    order: Row | None
 
 
 class Ledger:
@@ -358,6 +361,14 @@ class Ledger:
         with self._reading() as conn:
             return conn.first(REUSABLE_PAYMENT, {"orderId": order_id, "provider": provider, "payType": pay_type,
                                                  "validUntil": valid_until})
+
+    def order_and_offer(self, order_id: str, provider: str, pay_type: str,
+                        valid_until: datetime) -> tuple[Row | None, Row | None]:
+        """The order (or None) and :meth:`reusable_payment`, read together (on PostgreSQL in one round trip)."""
+        with self._reading() as conn:
+            orders, offers = conn.many((ORDER_BY_ID, {"orderId": order_id}), (REUSABLE_PAYMENT, {
+                "orderId": order_id, "provider": provider, "payType": pay_type, "validUntil": valid_until}))
+        return (orders[0] if orders else None), (offers[0] if offers else None)
 
     def sweep_candidates(self, *, checked_before: datetime, created_before: datetime, limit: int) -> list[Row]:
         """Trades that may still capture money, not asked about since ``checked_before``, created before
@@ -521,17 +532,25 @@ class Ledger:
             "refundedFen": 0, "createdAt": now, "updatedAt": now})[0]
 
     def apply_paid(self, order_id: str, *, provider: str, providerName: str, reference: str, tradeNo: str | None,
-                   payTime: datetime | None, audit: Audit) -> PaidOutcome:
-        """A provider reports captured money (the amount already checked against the order). The payment becomes
-        ``paid``; it is the order's accepted payment if the order is still ``pending`` (the order becomes
-        ``success``, ``jit_order_paid`` fires, the order's other trades are closed by jobs), else a surplus
-        (``jit_payment_surplus``, and a full refund by a job unless the app keeps surplus money)."""
+                   payTime: datetime | None, paidAmount: Decimal | None, audit: Audit,
+                   settleHere: bool = True) -> PaidOutcome:
+        """A provider reports ``paidAmount`` captured. Unless the order is missing or the amount is not the order's
+        (then nothing changes: the caller records the rejection), the payment becomes ``paid``; it is the order's
+        accepted payment if the order is still ``pending`` (the order becomes ``success``, ``jit_order_paid`` fires,
+        the order's other trades are closed by jobs), else a surplus (``jit_payment_surplus``, and a full refund by a
+        job unless the app keeps surplus money).
+
+        ``settleHere``: the paying element is settled by a job even when no other trade of the order is recorded
+        with it (its ``settle`` does something where the payment was taken; the default ``settle`` does not)."""
         now = utcnow()
         paid_at = as_utc(payTime) or now
         with self._write() as tx:
             fast = tx.fast
             order = fast.first(ORDER_BY_ID_LOCKED, {"orderId": order_id})
-            assert order is not None
+            if order is None:
+                return PaidOutcome("missing", None, None)
+            if paidAmount is None or paidAmount != from_fen(order.amountFen):
+                return PaidOutcome("mismatch", None, order)
             payment = self._find_or_add_payment(tx, order, provider, providerName, reference, tradeNo)
             captured = fast.rowcount(PAYMENT_CAPTURED, {"paymentId": payment.id, "tradeNo": tradeNo,
                                                         "paidAt": paid_at, "now": now}) == 1
@@ -553,8 +572,9 @@ class Ledger:
             if accepted:
                 self._audit(tx, audit.values("pending->success", order_id))
                 self._publish(tx, "jit_order_paid", order_id, order=order_view)
-                others = [row.provider for row in fast.all(LIVE_PROVIDERS, {"orderId": order_id})]
-                for other in sorted(set(others) | {provider}):
+                # the elements with trades that may still capture money (the paid one is no longer among them)
+                others = {row.provider for row in fast.all(LIVE_PROVIDERS, {"orderId": order_id})}
+                for other in sorted(others | {provider} if settleHere else others):
                     self._enqueue(tx, JOB_CLOSE_TRADES, {"orderId": order_id, "provider": other},
                                   dedupeKey=f"close:{order_id}:{other}")
                 return PaidOutcome("accepted", payment, order)

@@ -58,7 +58,9 @@ def notify_endpoint(app: "App", provider_name: str | None = None) -> Any:
         name = provider_name or request.path_params["providerName"]
         try:
             service = app.loadElement(PAYSVC)
-            providers = await run_in_threadpool(service.notify_providers, name)
+            # loading the payment elements may do I/O once: off the event loop; after that a lookup
+            providers = (service.notify_providers(name) if service.providers_loaded
+                         else await run_in_threadpool(service.notify_providers, name))
         except UnknownPayType as exc:
             return error_response(exc)
         except Exception:
