@@ -35,21 +35,19 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
 import secrets
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
-import jinja2
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -59,14 +57,12 @@ from starlette.routing import BaseRoute, Route
 
 from jitcore.errors import ConfigError
 
-from .held import NOTIFY_MODES, HeldNotification
-from .registry import register
+from .common import BEIJING, SandboxBase, mount, read_notify_mode, templates, write_new
 
 __all__ = ["AlipaySandbox", "alipay_routes", "generate_alipay_keys"]
 
 log = logging.getLogger("jitpay_sandbox.alipay")
 
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PREFIX = "/sandbox/alipay"
 DEFAULT_NOTIFY_DELAYS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -114,24 +110,12 @@ def generate_alipay_keys(directory: Path) -> None:
             private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             pem = private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                             serialization.NoEncryption())
-            if not _write_new(private_path, pem, 0o600):
+            if not write_new(private_path, pem, 0o600):
                 continue  # created concurrently by someone else: keep theirs
         if not public_path.exists():
             pem = private_key.public_key().public_bytes(serialization.Encoding.PEM,
                                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-            _write_new(public_path, pem, 0o644)
-
-
-def _write_new(path: Path, data: bytes, mode: int) -> bool:
-    """Create ``path`` with ``data`` and ``mode``; False (nothing written) if it already exists."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, mode)  # the umask may have narrowed it; never widened beyond `mode`
-    return True
+            write_new(public_path, pem, 0o644)
 
 
 def _read_key(text: Any, *, private: bool, setting: str) -> Any:
@@ -260,13 +244,17 @@ class SandboxTrade:
         return sum((amount for amount, _ in self.refunds.values()), Decimal("0.00"))
 
 
-class AlipaySandbox:
-    """The simulated gateway of one merchant app: its keys, its trades (in memory, thread-safe) and its routes."""
+class AlipaySandbox(SandboxBase):
+    """The simulated gateway of one merchant app: its keys, its trades (in memory, thread-safe) and its routes. Held
+    notifications and most of the Python API for tests are :class:`~jitpay_sandbox.common.SandboxBase`'s."""
+
+    provider: ClassVar[str] = "alipay"
 
     def __init__(self, *, app_id: str, seller_id: str, app_public_key: rsa.RSAPublicKey,
                  gateway_private_key: rsa.RSAPrivateKey, merchant_name: str = "JitPay Sandbox Merchant",
                  notify_delays: tuple[float, ...] = DEFAULT_NOTIFY_DELAYS, notify_timeout: float = 5.0,
                  timestamp_tolerance: float = 1800.0, notify_mode: str = "send") -> None:
+        super().__init__(notify_mode=notify_mode)
         self.app_id = app_id
         self.seller_id = seller_id
         self.merchant_name = merchant_name
@@ -275,16 +263,9 @@ class AlipaySandbox:
         self.timestamp_tolerance = timestamp_tolerance
         self._app_public_key = app_public_key
         self._private_key = gateway_private_key
-        self._lock = threading.RLock()
-        self._trades: dict[str, SandboxTrade] = {}
-        self._tokens: dict[str, str] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._held: list[HeldNotification] = []
-        self.notify_mode = notify_mode
-        self._templates = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-            autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+        self._templates = templates(strict=True)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> "AlipaySandbox":
@@ -313,9 +294,7 @@ class AlipaySandbox:
         except (TypeError, ValueError):
             raise ConfigError("sandbox: settings.sandbox.alipay.notifyTimeout and timestampTolerance are seconds") \
                 from None
-        notify_mode = settings.get("notifyMode", "send")
-        if notify_mode not in NOTIFY_MODES:
-            raise ConfigError(f"sandbox: settings.sandbox.alipay.notifyMode must be one of {', '.join(NOTIFY_MODES)}")
+        notify_mode = read_notify_mode(settings, "sandbox: settings.sandbox.alipay")
         return cls(app_id=text("appId") or "", seller_id=text("sellerId") or "",
                    app_public_key=_read_key(settings.get("appPublicKey"), private=False, setting="appPublicKey"),
                    gateway_private_key=_read_key(settings.get("gatewayPrivateKey"), private=True,
@@ -338,20 +317,8 @@ class AlipaySandbox:
         for thread in list(self._threads):
             thread.join(timeout=self.notify_timeout + 1)
 
-    # -- the Python API for tests ----------------------------------------------------------------------------------
-    @property
-    def notify_mode(self) -> str:
-        """``"send"`` (post notifications and retry them) or ``"hold"`` (keep them, see :meth:`take_notifications`).
-        Settable at any time; it applies to notifications made afterwards."""
-        return self._notify_mode
-
-    @notify_mode.setter
-    def notify_mode(self, mode: str) -> None:
-        if mode not in NOTIFY_MODES:
-            raise ValueError(f"notify_mode must be one of {', '.join(NOTIFY_MODES)}, not {mode!r}")
-        with self._lock:
-            self._notify_mode = mode
-
+    # -- the Python API for tests (notify_mode, pay, captured, refunded, references, held_notifications,
+    #    take_notifications: SandboxBase's) -------------------------------------------------------------------------
     def trade(self, out_trade_no: str) -> SandboxTrade | None:
         """The trade of ``out_trade_no`` (for tests and the demo), or None. The live object: read it, do not change
         it."""
@@ -361,45 +328,16 @@ class AlipaySandbox:
                 self._expire(trade)
             return trade
 
-    def references(self) -> list[str]:
-        """The ``out_trade_no`` of every trade the sandbox holds (scanned or not), in creation order."""
-        with self._lock:
-            return list(self._trades)
+    def _complete(self, trade: SandboxTrade, paid: bool) -> bool:
+        """Pay ``trade`` (Alipay has no failed payments: a buyer who does not pay leaves the trade open)."""
+        return self._pay(trade)
 
-    def pay(self, reference: str) -> bool:
-        """Pay the trade ``reference`` (an ``out_trade_no``) as the wallet's Pay button does: scan it first if it is an
-        unscanned QR code, then pay it and notify (or hold the notification). True when this call paid it; False when
-        it cannot be paid (expired, closed, already paid). ``KeyError`` for a trade the sandbox never saw."""
-        with self._lock:
-            trade = self._trades.get(reference)
-            if trade is None:
-                raise KeyError(reference)
-            return self._pay(trade)
+    def _captured_amount(self, trade: SandboxTrade) -> Decimal:
+        """The trade's amount once paid (also after refunds)."""
+        return trade.total_amount if trade.gmt_payment is not None else Decimal("0.00")
 
-    def captured(self, reference: str) -> Decimal:
-        """Yuan the buyer paid into the trade ``reference`` (its amount once paid, also after refunds; ``0.00`` when
-        unpaid or unknown)."""
-        with self._lock:
-            trade = self._trades.get(reference)
-            paid = trade is not None and trade.gmt_payment is not None
-            return trade.total_amount if paid else Decimal("0.00")  # type: ignore[union-attr]
-
-    def refunded(self, reference: str) -> Decimal:
-        """Yuan refunded from the trade ``reference`` so far (``0.00`` when none or unknown)."""
-        with self._lock:
-            trade = self._trades.get(reference)
-            return trade.refunded if trade is not None else Decimal("0.00")
-
-    def held_notifications(self) -> list[HeldNotification]:
-        """The notifications held so far (``notifyMode: hold``), oldest first; they stay held."""
-        with self._lock:
-            return list(self._held)
-
-    def take_notifications(self) -> list[HeldNotification]:
-        """The notifications held so far, oldest first, removing them from the sandbox."""
-        with self._lock:
-            held, self._held = self._held, []
-            return held
+    def _refunded_amount(self, trade: SandboxTrade) -> Decimal:
+        return trade.refunded
 
     # -- gateway.do -------------------------------------------------------------------------------------------------
     async def gateway(self, request: Request) -> Response:
@@ -544,8 +482,7 @@ class AlipaySandbox:
             notify_url=params.get("notify_url") or None, return_url=params.get("return_url") or None,
             buyer_id=f"2088{secrets.randbelow(10 ** 12):012d}", buyer_logon_id="buy***@sandbox.example",
             passback_params=str(biz["passback_params"]) if biz.get("passback_params") else None)
-        self._trades[out_trade_no] = trade
-        self._tokens[token] = out_trade_no
+        self._add_trade(trade)
         return trade
 
     def _precreate(self, request: Request, params: Mapping[str, str], biz: dict[str, Any]) -> dict[str, Any]:
@@ -683,10 +620,6 @@ class AlipaySandbox:
         return self._render("alipay_error.html", status_code=status_code, error=dict(content))
 
     # -- the wallet -------------------------------------------------------------------------------------------------
-    def _trade_by_token(self, token: str) -> SandboxTrade | None:
-        out_trade_no = self._tokens.get(token)
-        return self._trades.get(out_trade_no) if out_trade_no else None
-
     def _no_such_trade_page(self) -> Response:
         return self._error_page({"code": "40004", "msg": "Business Failed", "sub_code": "ACQ.TRADE_NOT_EXIST",
                                  "sub_msg": "交易不存在 / no such trade"}, status_code=404)
@@ -694,7 +627,7 @@ class AlipaySandbox:
     async def wallet(self, request: Request) -> Response:
         """The buyer's wallet page: opening it scans the QR code; it shows the trade and a Pay button."""
         with self._lock:
-            trade = self._trade_by_token(request.path_params["token"])
+            trade = self._trade_for_token(request.path_params["token"])
             if trade is None:
                 return self._no_such_trade_page()
             self._scan(trade)
@@ -705,7 +638,7 @@ class AlipaySandbox:
     async def wallet_pay(self, request: Request) -> Response:
         """The Pay button: the trade becomes ``TRADE_SUCCESS`` and the notification goes out."""
         with self._lock:
-            trade = self._trade_by_token(request.path_params["token"])
+            trade = self._trade_for_token(request.path_params["token"])
             if trade is None:
                 return self._no_such_trade_page()
             self._pay(trade)
@@ -746,9 +679,8 @@ class AlipaySandbox:
         if trade.notify_url:
             fields = self._notification(trade)
             if self._notify_mode == "hold":
-                self._held.append(HeldNotification(
-                    provider="alipay", reference=trade.out_trade_no, event="paid", url=trade.notify_url,
-                    body=urlencode(fields).encode("ascii"), headers=dict(NOTIFY_HEADERS), at=_now()))
+                self._hold(trade.out_trade_no, "paid", trade.notify_url, urlencode(fields).encode("ascii"),
+                           NOTIFY_HEADERS)
             else:
                 self._send_later(trade, fields)
         return True
@@ -814,11 +746,9 @@ def alipay_routes(app: Any) -> list[BaseRoute]:
     """The Alipay sandbox's routes for ``app``, configured by ``app.settings["sandbox"]["alipay"]``; no routes when
     the app's sandbox settings have no ``alipay`` block. The sandbox object is reachable as ``route.endpoint.__self__``
     and as ``jitpay_sandbox.sandbox_of(app, "alipay")`` (tests use it to pay, look at trades and notifications)."""
-    settings = ((getattr(app, "settings", None) or {}).get("sandbox") or {}).get("alipay")
-    if not settings:
-        return []
-    if not isinstance(settings, Mapping):
-        raise ConfigError("sandbox: settings.sandbox.alipay must be a mapping")
-    sandbox = AlipaySandbox.from_settings(settings)
-    register(app, "alipay", sandbox)
-    return sandbox.routes()
+    def build(settings: Any) -> AlipaySandbox:
+        if not isinstance(settings, Mapping):
+            raise ConfigError("sandbox: settings.sandbox.alipay must be a mapping")
+        return AlipaySandbox.from_settings(settings)
+
+    return mount(app, "alipay", build)

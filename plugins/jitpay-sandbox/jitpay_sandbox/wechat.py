@@ -41,29 +41,26 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import re
 import secrets
-import string
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, ClassVar, Mapping
 
 import httpx
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from elements.pays.WechatPayType.wirexml import XmlRejected, build_cdata_xml, parse_xml
 from jitcore.errors import ConfigError
 
-from .held import NOTIFY_MODES, HeldNotification
-from .registry import register
+from .common import (ALNUM, BEIJING, WechatWalletSandbox, digits, mount, read_limited, read_notify_mode, read_numbers,
+                     required_text, sandbox_block, write_new, yuan)
 
 __all__ = ["wechat_routes", "generate_wechat_key", "WechatSandbox", "WechatSandboxSettings", "PREFIX"]
 
@@ -72,11 +69,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/sandbox/wechat"
 KEY_FILE = "wechat_api_key.txt"
 MAX_BODY_BYTES = 64 * 1024
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
-_ALNUM = string.ascii_letters + string.digits
 _OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_\-|*]{1,32}")
-_TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                         autoescape=select_autoescape(["html"]))
 # A repeated unifiedorder must carry the same parameters except these (WeChat's "201 商户订单号重复" rule).
 _MAY_VARY = {"nonce_str", "sign", "sign_type", "spbill_create_ip"}
 NOTIFY_HEADERS = {"Content-Type": "text/xml; charset=utf-8"}
@@ -92,14 +85,8 @@ def generate_wechat_key(directory: Path) -> None:
     An existing file is kept (idempotent)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / KEY_FILE
-    key = "".join(secrets.choice(_ALNUM) for _ in range(32))
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(key + "\n")
+    key = "".join(secrets.choice(ALNUM) for _ in range(32))
+    write_new(directory / KEY_FILE, (key + "\n").encode("ascii"), 0o600)
 
 
 # -- signing (written apart from the provider's on purpose: the sandbox checks the client, not itself) ---------------
@@ -143,31 +130,12 @@ class WechatSandboxSettings:
     def from_app(cls, app: Any) -> "WechatSandboxSettings":
         """Read ``app.settings["sandbox"]["wechat"]``; ``ConfigError`` names a missing or wrong key."""
         where = "settings.sandbox.wechat"
-        raw = ((getattr(app, "settings", None) or {}).get("sandbox") or {}).get("wechat")
+        raw = sandbox_block(app, "wechat")
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} is missing: the WeChat Pay sandbox needs appId, mchId and apiKey")
-        values: dict[str, Any] = {}
-        for key in ("appId", "mchId", "apiKey"):
-            value = raw.get(key)
-            if value is None or str(value).strip() == "":
-                raise ConfigError(f"{where}.{key} is required", details={"key": f"{where}.{key}"})
-            values[key] = str(value).strip()
-        try:
-            if "closeMinAgeSeconds" in raw:
-                values["closeMinAgeSeconds"] = float(raw["closeMinAgeSeconds"])
-            if "timeExpireMinSeconds" in raw:
-                values["timeExpireMinSeconds"] = float(raw["timeExpireMinSeconds"])
-            if "notifyRetryDelays" in raw:
-                values["notifyRetryDelays"] = tuple(float(d) for d in raw["notifyRetryDelays"])
-            if "notifyTimeout" in raw:
-                values["notifyTimeout"] = float(raw["notifyTimeout"])
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: closeMinAgeSeconds, timeExpireMinSeconds and notifyTimeout must be numbers, "
-                              f"notifyRetryDelays a list of numbers (seconds)") from None
-        if "notifyMode" in raw:
-            if raw["notifyMode"] not in NOTIFY_MODES:
-                raise ConfigError(f"{where}.notifyMode must be one of {', '.join(NOTIFY_MODES)}")
-            values["notifyMode"] = raw["notifyMode"]
+        values: dict[str, Any] = {key: required_text(raw, where, key) for key in ("appId", "mchId", "apiKey")}
+        values.update(read_numbers(raw, where, ("closeMinAgeSeconds", "timeExpireMinSeconds", "notifyTimeout")))
+        values["notifyMode"] = read_notify_mode(raw, where, cls.notifyMode)
         extra = set(raw) - {"appId", "mchId", "apiKey", "closeMinAgeSeconds", "timeExpireMinSeconds",
                             "notifyRetryDelays", "notifyTimeout", "notifyMode"}
         if extra:
@@ -208,10 +176,6 @@ class _Trade:
         return sum(r.refund_fee for r in self.refunds.values())
 
 
-def _digits(n: int) -> str:
-    return "".join(secrets.choice(string.digits) for _ in range(n))
-
-
 def _beijing_now() -> str:
     return datetime.now(BEIJING).strftime("%Y%m%d%H%M%S")
 
@@ -228,16 +192,18 @@ class _BizFail(Exception):
         self.err_code, self.err_code_des = err_code, err_code_des
 
 
-class WechatSandbox:
-    """The simulator: one merchant, its trades in memory (guarded by a lock), and the Starlette routes."""
+class WechatSandbox(WechatWalletSandbox):
+    """The simulator: one merchant, its trades in memory (guarded by a lock), and the Starlette routes. The wallet,
+    held notifications and the Python API for tests are :class:`~jitpay_sandbox.common.WechatWalletSandbox`'s."""
+
+    provider: ClassVar[str] = "wechat"
+    prefix: ClassVar[str] = PREFIX
+    wallet_route_name: ClassVar[str] = "wechat_sandbox_wallet"
+    wallet_template: ClassVar[str] = "wechat_wallet.html"
 
     def __init__(self, settings: WechatSandboxSettings) -> None:
+        super().__init__(notify_mode=settings.notifyMode)
         self.settings = settings
-        self._lock = threading.Lock()
-        self._trades: dict[str, _Trade] = {}
-        self._by_token: dict[str, str] = {}
-        self._held: list[HeldNotification] = []
-        self._notify_mode = settings.notifyMode
 
     # -- public -----------------------------------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -251,12 +217,7 @@ class WechatSandbox:
         }
         routes: list[BaseRoute] = [Route(f"{PREFIX}/{path}", self._endpoint(handler), methods=["POST"])
                                    for path, handler in api.items()]
-        routes += [
-            Route(f"{PREFIX}/wallet/{{token}}", self._wallet_page, methods=["GET"], name="wechat_sandbox_wallet"),
-            Route(f"{PREFIX}/wallet/{{token}}/pay", self._wallet_pay, methods=["POST"]),
-            Route(f"{PREFIX}/wallet/{{token}}/fail", self._wallet_fail, methods=["POST"]),
-        ]
-        return routes
+        return routes + self._wallet_routes()
 
     def trade_state(self, out_trade_no: str) -> dict[str, Any] | None:
         """A snapshot of one trade (state, ids, amounts in fen, ``time_expire``, notification attempts), for tests
@@ -278,68 +239,19 @@ class WechatSandbox:
         """The snapshot of the trade ``reference`` (its ``out_trade_no``): :meth:`trade_state`."""
         return self.trade_state(reference)
 
-    @property
-    def notify_mode(self) -> str:
-        """``"send"`` (post notifications and retry them) or ``"hold"`` (keep them, see :meth:`take_notifications`).
-        Settable at any time; it applies to notifications made afterwards."""
-        return self._notify_mode
+    def _captured_amount(self, trade: _Trade) -> Decimal:
+        """The order's ``total_fee`` once paid (also after refunds), in yuan."""
+        return yuan(trade.total_fee if trade.transaction_id else 0)
 
-    @notify_mode.setter
-    def notify_mode(self, mode: str) -> None:
-        if mode not in NOTIFY_MODES:
-            raise ValueError(f"notify_mode must be one of {', '.join(NOTIFY_MODES)}, not {mode!r}")
-        with self._lock:
-            self._notify_mode = mode
-
-    def references(self) -> list[str]:
-        """The ``out_trade_no`` of every WeChat order the sandbox holds, in creation order."""
-        with self._lock:
-            return list(self._trades)
-
-    def pay(self, reference: str) -> bool:
-        """Pay the WeChat order ``reference`` (its ``out_trade_no``) as the wallet's Pay button does, and notify (or
-        hold the notification). True when this call paid it; False when it cannot be paid (expired, closed, paid or
-        failed already). ``KeyError`` for an order the sandbox never saw."""
-        return self._complete_by_reference(reference, paid=True)
-
-    def fail(self, reference: str) -> bool:
-        """Make the payment of ``reference`` fail as the wallet's "Fail" button does: the order becomes ``PAYERROR``
-        and a ``result_code=FAIL`` notification goes out (or is held). True when this call failed it; False when it
-        was not payable; ``KeyError`` for an order the sandbox never saw."""
-        return self._complete_by_reference(reference, paid=False)
-
-    def captured(self, reference: str) -> Decimal:
-        """Yuan the buyer paid into the WeChat order ``reference`` (its ``total_fee`` once paid, also after refunds;
-        ``0.00`` when unpaid or unknown)."""
-        with self._lock:
-            trade = self._trades.get(reference)
-            fen = trade.total_fee if trade is not None and trade.transaction_id else 0
-        return _yuan(fen)
-
-    def refunded(self, reference: str) -> Decimal:
-        """Yuan refunded from the WeChat order ``reference`` so far (``0.00`` when none or unknown)."""
-        with self._lock:
-            trade = self._trades.get(reference)
-            fen = trade.refunded_fee if trade is not None else 0
-        return _yuan(fen)
-
-    def held_notifications(self) -> list[HeldNotification]:
-        """The notifications held so far (``notifyMode: hold``), oldest first; they stay held."""
-        with self._lock:
-            return list(self._held)
-
-    def take_notifications(self) -> list[HeldNotification]:
-        """The notifications held so far, oldest first, removing them from the sandbox."""
-        with self._lock:
-            held, self._held = self._held, []
-            return held
+    def _refunded_amount(self, trade: _Trade) -> Decimal:
+        return yuan(trade.refunded_fee)
 
     # -- the API plumbing ---------------------------------------------------------------------------------------------
     def _endpoint(self, handler: Callable[[dict[str, str], Request], dict[str, str]]
                   ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                body = await _read_limited(request, MAX_BODY_BYTES)
+                body = await read_limited(request, MAX_BODY_BYTES, _too_large)
                 try:
                     fields = parse_xml(body, max_bytes=MAX_BODY_BYTES)
                 except XmlRejected:
@@ -376,7 +288,7 @@ class WechatSandbox:
     def _signed(self, result: Mapping[str, str], sign_type: str) -> Response:
         answer = {"return_code": "SUCCESS", "return_msg": "OK", "appid": self.settings.appId,
                   "mch_id": self.settings.mchId,
-                  "nonce_str": "".join(secrets.choice(_ALNUM) for _ in range(16)), **result}
+                  "nonce_str": "".join(secrets.choice(ALNUM) for _ in range(16)), **result}
         answer["sign"] = _sign(answer, self.settings.apiKey, sign_type)
         return _xml(answer)
 
@@ -451,9 +363,8 @@ class WechatSandbox:
                 prepay_id = "wx" + datetime.now(BEIJING).strftime("%d%H%M%S") + secrets.token_hex(12)
                 trade = _Trade(out_trade_no=fields["out_trade_no"], token=token, params=params,
                                sign_type=sign_type, prepay_id=prepay_id, created=time.monotonic(), expires=expires)
-                self._trades[trade.out_trade_no] = trade
-                self._by_token[token] = trade.out_trade_no
-        wallet = f"{str(request.base_url).rstrip('/')}{PREFIX}/wallet/{trade.token}"
+                self._add_trade(trade)
+        wallet = self._wallet_url(request, trade)
         answer = {"trade_type": trade_type, "prepay_id": trade.prepay_id}
         if trade_type == "NATIVE":
             answer["code_url"] = wallet
@@ -511,7 +422,7 @@ class WechatSandbox:
             if refund is None:
                 if trade.refunded_fee + refund_fee > trade.total_fee:
                     raise _BizFail("INVALID_REQUEST", "退款金额大于支付金额")
-                refund = _Refund(out_refund_no=fields["out_refund_no"], refund_id="50" + _digits(27),
+                refund = _Refund(out_refund_no=fields["out_refund_no"], refund_id="50" + digits(27),
                                  refund_fee=refund_fee, success_time=datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S"))
                 trade.refunds[refund.out_refund_no] = refund
                 trade.state = "REFUND"
@@ -546,52 +457,15 @@ class WechatSandbox:
                                f"refund_recv_accout_{n}": "支付用户的零钱"})
             return answer
 
-    # -- the wallet ("scan with WeChat and pay") ------------------------------------------------------------------
-    def _trade_for_token(self, token: str) -> _Trade | None:
-        out_trade_no = self._by_token.get(token)
-        return self._trades.get(out_trade_no) if out_trade_no else None
-
-    async def _wallet_page(self, request: Request) -> Response:
-        with self._lock:
-            trade = self._trade_for_token(request.path_params["token"])
-            if trade is None:
-                return HTMLResponse(_TEMPLATES.get_template("wechat_wallet.html").render(trade=None), status_code=404)
-            self._expire(trade)
-            view = {"out_trade_no": trade.out_trade_no, "body": trade.params["body"],
-                    "amount": f"{trade.total_fee // 100}.{trade.total_fee % 100:02d}",
-                    "trade_type": trade.params["trade_type"], "attach": trade.params.get("attach", ""),
-                    "state": trade.state,
-                    "state_desc": _STATE_DESC[trade.state], "mch_id": self.settings.mchId,
-                    "transaction_id": trade.transaction_id, "attempts": [dict(a) for a in trade.notify_attempts],
-                    "payable": trade.state in _PAYABLE,
-                    "expires": trade.expires.strftime("%Y-%m-%d %H:%M:%S") if trade.expires else ""}
-        html = _TEMPLATES.get_template("wechat_wallet.html").render(
-            trade=view, pay_action=f"{PREFIX}/wallet/{trade.token}/pay",
-            fail_action=f"{PREFIX}/wallet/{trade.token}/fail")
-        return HTMLResponse(html)
-
-    async def _wallet_pay(self, request: Request) -> Response:
-        return self._settle(request, paid=True)
-
-    async def _wallet_fail(self, request: Request) -> Response:
-        return self._settle(request, paid=False)
-
-    def _settle(self, request: Request, *, paid: bool) -> Response:
-        token = request.path_params["token"]
-        with self._lock:
-            trade = self._trade_for_token(token)
-            if trade is None:
-                return HTMLResponse("unknown trade / 订单不存在", status_code=404)
-            # Paying twice or paying a closed trade changes nothing; the page shows the state.
-            self._complete(trade, paid)
-        return RedirectResponse(f"{request.base_url}{PREFIX.lstrip('/')}/wallet/{token}", status_code=303)
-
-    def _complete_by_reference(self, reference: str, *, paid: bool) -> bool:
-        with self._lock:
-            trade = self._trades.get(reference)
-            if trade is None:
-                raise KeyError(reference)
-            return self._complete(trade, paid)
+    # -- the wallet ("scan with WeChat and pay"; the page and buttons are WechatWalletSandbox's) --------------------
+    def _wallet_view(self, trade: _Trade) -> dict[str, Any]:
+        return {"out_trade_no": trade.out_trade_no, "subject": trade.params["body"],
+                "amount": f"{trade.total_fee // 100}.{trade.total_fee % 100:02d}",
+                "trade_type": trade.params["trade_type"], "attach": trade.params.get("attach", ""),
+                "state": trade.state, "state_desc": _STATE_DESC[trade.state], "mch_id": self.settings.mchId,
+                "transaction_id": trade.transaction_id, "attempts": [dict(a) for a in trade.notify_attempts],
+                "payable": trade.state in _PAYABLE, "notifies": trade.state not in _PAYABLE,
+                "expires": trade.expires.strftime("%Y-%m-%d %H:%M:%S") if trade.expires else ""}
 
     def _complete(self, trade: _Trade, paid: bool) -> bool:
         """The buyer pays (``paid``) or the payment fails: the state changes and the signed notification is sent in
@@ -603,7 +477,7 @@ class WechatSandbox:
         trade.time_end = _beijing_now()
         if paid:
             trade.state = "SUCCESS"
-            trade.transaction_id = "42000" + _digits(23)
+            trade.transaction_id = "42000" + digits(23)
         else:
             trade.state = "PAYERROR"
         notification = self._notification(trade, paid)
@@ -611,9 +485,7 @@ class WechatSandbox:
         body = build_cdata_xml(notification)
         url = trade.params["notify_url"]
         if self._notify_mode == "hold":
-            self._held.append(HeldNotification(provider="wechat", reference=trade.out_trade_no,
-                                               event="paid" if paid else "failed", url=url, body=body,
-                                               headers=dict(NOTIFY_HEADERS), at=datetime.now(BEIJING)))
+            self._hold(trade.out_trade_no, "paid" if paid else "failed", url, body, NOTIFY_HEADERS)
         else:
             threading.Thread(target=self._deliver, args=(trade, url, body),
                              name=f"wechat-sandbox-notify-{trade.out_trade_no}", daemon=True).start()
@@ -621,7 +493,7 @@ class WechatSandbox:
 
     def _notification(self, trade: _Trade, paid: bool) -> dict[str, str]:
         fields = {"appid": self.settings.appId, "mch_id": self.settings.mchId,
-                  "nonce_str": "".join(secrets.choice(_ALNUM) for _ in range(32)),
+                  "nonce_str": "".join(secrets.choice(ALNUM) for _ in range(32)),
                   "return_code": "SUCCESS", "result_code": "SUCCESS" if paid else "FAIL",
                   "openid": trade.openid, "is_subscribe": "N", "trade_type": trade.params["trade_type"],
                   "bank_type": "OTHERS", "total_fee": str(trade.total_fee),
@@ -662,21 +534,8 @@ class WechatSandbox:
         log.warning("WeChat sandbox: gave up notifying %s after %d attempts", trade.out_trade_no, len(delays))
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise _Fail("请求包体过大 (body too large)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _Fail("请求包体过大 (body too large)")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _yuan(fen: int) -> Decimal:
-    return (Decimal(fen) / 100).quantize(Decimal("0.01"))
+def _too_large() -> _Fail:
+    return _Fail("请求包体过大 (body too large)")
 
 
 def _xml(fields: Mapping[str, str]) -> Response:
@@ -689,8 +548,4 @@ def wechat_routes(app: Any) -> list[BaseRoute]:
     wrong. Each call makes a fresh sandbox with no trades; the :class:`WechatSandbox` is reachable as
     ``route.endpoint.__self__`` of the wallet routes and as ``jitpay_sandbox.sandbox_of(app, "wechat")`` (tests use it
     to pay, look at trades and notifications)."""
-    if not ((getattr(app, "settings", None) or {}).get("sandbox") or {}).get("wechat"):
-        return []
-    sandbox = WechatSandbox(WechatSandboxSettings.from_app(app))
-    register(app, "wechat", sandbox)
-    return sandbox.routes()
+    return mount(app, "wechat", lambda _: WechatSandbox(WechatSandboxSettings.from_app(app)))

@@ -58,10 +58,8 @@ import base64
 import binascii
 import json
 import logging
-import os
 import re
 import secrets
-import string
 import threading
 import time
 import uuid
@@ -69,7 +67,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any, Awaitable, Callable, ClassVar, Mapping
 
 import httpx
 from cryptography import x509
@@ -78,15 +76,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from jitcore.errors import ConfigError
 
-from .held import NOTIFY_MODES, HeldNotification
-from .registry import register
+from .common import (ALNUM, BEIJING, WechatWalletSandbox, digits, mount, read_limited, read_notify_mode, read_numbers,
+                     required_text, sandbox_block, write_new, yuan)
+from .held import HeldNotification
 
 __all__ = ["wechat_v3_routes", "generate_wechat_v3_keys", "WechatV3Sandbox", "WechatV3SandboxSettings", "PREFIX",
            "KEY_FILES", "CALLBACK_SIGNERS"]
@@ -94,7 +92,6 @@ __all__ = ["wechat_v3_routes", "generate_wechat_v3_keys", "WechatV3Sandbox", "We
 log = logging.getLogger(__name__)
 
 PREFIX = "/sandbox/wechatpay-v3"
-BEIJING = timezone(timedelta(hours=8), "Asia/Shanghai")
 MAX_BODY_BYTES = 64 * 1024
 AUTH_SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 TIMESTAMP_TOLERANCE = 300
@@ -110,29 +107,15 @@ KEY_FILES = {
     "platformPrivateKey": "wechatpay_v3_platform_private_key.pem",     # the platform certificate's key (sandbox's)
     "platformCertificate": "wechatpay_v3_platform_certificate.pem",    # served by GET /v3/certificates
 }
-_ALNUM = string.ascii_letters + string.digits
 _OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_\-|*]{6,32}")
 _OUT_REFUND_NO = re.compile(r"[A-Za-z0-9_\-|*@]{1,64}")
 _PAYABLE = ("NOTPAY", "USERPAYING")
 _PAID = ("SUCCESS", "REFUND")
 _STATE_DESC = {"NOTPAY": "订单未支付", "USERPAYING": "用户支付中", "SUCCESS": "支付成功", "REFUND": "转入退款",
                "CLOSED": "已关闭", "REVOKED": "已撤销", "PAYERROR": "支付失败"}
-_TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                         autoescape=select_autoescape(["html"]))
 
 
 # -- keys --------------------------------------------------------------------------------------------------------------
-def _write_new(path: Path, data: bytes, mode: int) -> bool:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, mode)
-    return True
-
-
 def _private_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
@@ -160,7 +143,7 @@ def _private_key_file(path: Path) -> rsa.RSAPrivateKey:
     if path.exists():
         return _key_from_file(path)
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    if not _write_new(path, _private_pem(key), 0o600):
+    if not write_new(path, _private_pem(key), 0o600):
         return _key_from_file(path)  # written concurrently: keep theirs
     return key
 
@@ -174,24 +157,24 @@ def generate_wechat_v3_keys(directory: Path, mchId: str = "1900000002") -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = {name: directory / file for name, file in KEY_FILES.items()}
-    _write_new(path["apiV3Key"], ("".join(secrets.choice(_ALNUM) for _ in range(32)) + "\n").encode(), 0o600)
+    write_new(path["apiV3Key"], ("".join(secrets.choice(ALNUM) for _ in range(32)) + "\n").encode(), 0o600)
 
     merchant = _private_key_file(path["merchantPrivateKey"])
     if not path["merchantCertificate"].exists():
         cert = _self_signed(merchant, f"{mchId} JitPay sandbox merchant")
-        _write_new(path["merchantCertificate"], cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_new(path["merchantCertificate"], cert.public_bytes(serialization.Encoding.PEM), 0o644)
     if not path["merchantSerialNo"].exists():
         cert = x509.load_pem_x509_certificate(path["merchantCertificate"].read_bytes())
-        _write_new(path["merchantSerialNo"], (format(cert.serial_number, "X") + "\n").encode(), 0o644)
+        write_new(path["merchantSerialNo"], (format(cert.serial_number, "X") + "\n").encode(), 0o644)
 
     public = _private_key_file(path["publicKeyPrivateKey"])
-    _write_new(path["publicKey"], public.public_key().public_bytes(
+    write_new(path["publicKey"], public.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
 
     platform = _private_key_file(path["platformPrivateKey"])
     if not path["platformCertificate"].exists():
         cert = _self_signed(platform, "Tenpay.com Root CA (JitPay sandbox platform)", days=5 * 365)
-        _write_new(path["platformCertificate"], cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_new(path["platformCertificate"], cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 # -- signatures and encryption (written apart from the provider's on purpose) ------------------------------------------
@@ -208,7 +191,7 @@ def _verify(key: rsa.RSAPublicKey, message: bytes, signature: str) -> bool:
 
 
 def _encrypt(api_v3_key: bytes, associated_data: str, plaintext: bytes) -> dict[str, str]:
-    nonce = "".join(secrets.choice(_ALNUM) for _ in range(12))
+    nonce = "".join(secrets.choice(ALNUM) for _ in range(12))
     sealed = AESGCM(api_v3_key).encrypt(nonce.encode(), plaintext, associated_data.encode())
     return {"algorithm": "AEAD_AES_256_GCM", "ciphertext": base64.b64encode(sealed).decode("ascii"),
             "associated_data": associated_data, "nonce": nonce}
@@ -266,7 +249,7 @@ class WechatV3SandboxSettings:
     def from_app(cls, app: Any) -> "WechatV3SandboxSettings":
         """Read ``app.settings["sandbox"]["wechatV3"]``; ``ConfigError`` names a missing or wrong key."""
         where = "settings.sandbox.wechatV3"
-        raw = ((getattr(app, "settings", None) or {}).get("sandbox") or {}).get("wechatV3")
+        raw = sandbox_block(app, "wechatV3")
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} is missing: the WeChat Pay v3 sandbox needs appId, mchId, apiV3Key, "
                               f"merchantCertificate and a key to sign with")
@@ -279,10 +262,7 @@ class WechatV3SandboxSettings:
                               f"{', '.join(sorted(known))})")
 
         def text(key: str) -> str:
-            value = raw.get(key)
-            if value is None or str(value).strip() == "":
-                raise ConfigError(f"{where}.{key} is required", details={"key": f"{where}.{key}"})
-            return str(value).strip()
+            return required_text(raw, where, key)
 
         api_v3_key = text("apiV3Key").encode("utf-8")
         if len(api_v3_key) != 32:
@@ -331,20 +311,8 @@ class WechatV3SandboxSettings:
             raise ConfigError(f"{where}.callbackSigner must be one of {', '.join(CALLBACK_SIGNERS)}")
         if (signer != "certificate" and public_signer is None) or (signer != "publicKey" and platform_signer is None):
             raise ConfigError(f"{where}.callbackSigner {signer} needs the keys of that mode configured")
-        values: dict[str, Any] = {}
-        try:
-            for key in ("timeExpireMinSeconds", "notifyTimeout"):
-                if key in raw:
-                    values[key] = float(raw[key])
-            if "notifyRetryDelays" in raw:
-                values["notifyRetryDelays"] = tuple(float(d) for d in raw["notifyRetryDelays"])
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: timeExpireMinSeconds and notifyTimeout must be numbers, notifyRetryDelays "
-                              f"a list of numbers (seconds)") from None
-        if "notifyMode" in raw:
-            if raw["notifyMode"] not in NOTIFY_MODES:
-                raise ConfigError(f"{where}.notifyMode must be one of {', '.join(NOTIFY_MODES)}")
-            values["notifyMode"] = raw["notifyMode"]
+        values = read_numbers(raw, where, ("timeExpireMinSeconds", "notifyTimeout"))
+        values["notifyMode"] = read_notify_mode(raw, where, cls.notifyMode)
         if raw.get("merchantName"):
             values["merchantName"] = str(raw["merchantName"])
         return cls(appId=text("appId"), mchId=text("mchId"), apiV3Key=api_v3_key,
@@ -398,20 +366,18 @@ class _Answer(Exception):
         self.status, self.code, self.message, self.signed = status, code, message, signed
 
 
-def _digits(n: int) -> str:
-    return "".join(secrets.choice(string.digits) for _ in range(n))
+class WechatV3Sandbox(WechatWalletSandbox):
+    """The simulator: one merchant, its trades and refunds in memory (guarded by a lock), and the routes. The wallet,
+    held callbacks and most of the Python API for tests are :class:`~jitpay_sandbox.common.WechatWalletSandbox`'s."""
 
-
-class WechatV3Sandbox:
-    """The simulator: one merchant, its trades and refunds in memory (guarded by a lock), and the routes."""
+    provider: ClassVar[str] = "wechatV3"
+    prefix: ClassVar[str] = PREFIX
+    wallet_route_name: ClassVar[str] = "wechat_v3_sandbox_wallet"
+    wallet_template: ClassVar[str] = "wechat_v3_wallet.html"
 
     def __init__(self, settings: WechatV3SandboxSettings) -> None:
+        super().__init__(notify_mode=settings.notifyMode)
         self.settings = settings
-        self._lock = threading.Lock()
-        self._trades: dict[str, _Trade] = {}
-        self._by_token: dict[str, str] = {}
-        self._held: list[HeldNotification] = []
-        self._notify_mode = settings.notifyMode
         self._callback_signer = settings.callbackSigner
         self._alternate = 0
         # every platform certificate WeChat Pay lists (the newest signs); rotation adds one
@@ -433,31 +399,14 @@ class WechatV3Sandbox:
         ]
         routes: list[BaseRoute] = [Route(PREFIX + path, self._endpoint(handler), methods=[method])
                                    for method, path, handler in api]
-        routes += [
-            Route(f"{PREFIX}/wallet/{{token}}", self._wallet_page, methods=["GET"], name="wechat_v3_sandbox_wallet"),
-            Route(f"{PREFIX}/wallet/{{token}}/pay", self._wallet_pay, methods=["POST"]),
-            Route(f"{PREFIX}/wallet/{{token}}/fail", self._wallet_fail, methods=["POST"]),
-        ]
-        return routes
+        return routes + self._wallet_routes()
 
     def stop(self) -> None:
         """Stop posting callbacks (pending retries are dropped)."""
         self._stopping.set()
 
-    # -- the Python API for tests -----------------------------------------------------------------------------------
-    @property
-    def notify_mode(self) -> str:
-        """``"send"`` (post callbacks and retry them) or ``"hold"`` (keep them, see :meth:`take_notifications`).
-        Settable at any time; it applies to callbacks made afterwards."""
-        return self._notify_mode
-
-    @notify_mode.setter
-    def notify_mode(self, mode: str) -> None:
-        if mode not in NOTIFY_MODES:
-            raise ValueError(f"notify_mode must be one of {', '.join(NOTIFY_MODES)}, not {mode!r}")
-        with self._lock:
-            self._notify_mode = mode
-
+    # -- the Python API for tests (notify_mode, pay, fail, captured, refunded, references, held_notifications,
+    #    take_notifications: WechatWalletSandbox's) ----------------------------------------------------------------
     @property
     def callback_signer(self) -> str:
         """Which key signs callbacks: ``publicKey``, ``certificate`` or ``alternate``. Settable at run time (a
@@ -482,11 +431,6 @@ class WechatV3Sandbox:
         with self._lock:
             self._platforms.append(_Signer("certificate", _serial(cert), key, cert))
         return _serial(cert)
-
-    def references(self) -> list[str]:
-        """The ``out_trade_no`` of every order the sandbox holds, in creation order."""
-        with self._lock:
-            return list(self._trades)
 
     def trade(self, reference: str) -> dict[str, Any] | None:
         """A snapshot of the order ``reference`` (its ``out_trade_no``): ``state``, ``trade_type``, ``total``,
@@ -514,41 +458,12 @@ class WechatV3Sandbox:
             found = self._find_refund(out_refund_no)
             return None if found is None else self._refund_json(*found)
 
-    def captured(self, reference: str) -> Decimal:
-        """Yuan the buyer paid into that order (stays after refunds); ``0.00`` if unpaid or unknown."""
-        with self._lock:
-            trade = self._trades.get(reference)
-            paid = trade.total if trade is not None and trade.transaction_id else 0
-        return (Decimal(paid) / 100).quantize(Decimal("0.01"))
+    def _captured_amount(self, trade: _Trade) -> Decimal:
+        """The order's total once paid (also after refunds), in yuan."""
+        return yuan(trade.total if trade.transaction_id else 0)
 
-    def refunded(self, reference: str) -> Decimal:
-        """Yuan refunded from that order so far; ``0.00`` if none or unknown."""
-        with self._lock:
-            trade = self._trades.get(reference)
-            fen = trade.refunded if trade is not None else 0
-        return (Decimal(fen) / 100).quantize(Decimal("0.01"))
-
-    def pay(self, reference: str) -> bool:
-        """Pay the order ``reference`` as the wallet's Pay button does, then send (or hold) ``TRANSACTION.SUCCESS``.
-        True when this call paid it, False when it cannot be paid (expired, closed, paid, failed); ``KeyError`` for
-        an order the sandbox never saw."""
-        return self._complete_by_reference(reference, paid=True)
-
-    def fail(self, reference: str) -> bool:
-        """The payment fails as the wallet's Fail button does: the order becomes ``PAYERROR`` (WeChat Pay sends no
-        callback for that). True when this call failed it."""
-        return self._complete_by_reference(reference, paid=False)
-
-    def held_notifications(self) -> list[HeldNotification]:
-        """The callbacks held so far (``notifyMode: hold``), oldest first; they stay held."""
-        with self._lock:
-            return list(self._held)
-
-    def take_notifications(self) -> list[HeldNotification]:
-        """The callbacks held so far, removing them."""
-        with self._lock:
-            held, self._held = self._held, []
-            return held
+    def _refunded_amount(self, trade: _Trade) -> Decimal:
+        return yuan(trade.refunded)
 
     def callback(self, reference: str, *, event: str = "TRANSACTION.SUCCESS", out_refund_no: str | None = None,
                  timestamp: int | None = None, signer: str | None = None) -> HeldNotification:
@@ -567,15 +482,14 @@ class WechatV3Sandbox:
                 url = refund.notify_url or trade.params["notify_url"]
             headers = {"Content-Type": "application/json", **self._signature_headers(
                 body, self._callback_key(signer), timestamp)}
-        return HeldNotification(provider="wechatV3", reference=reference, event=event, url=url, body=body,
-                                headers=headers, at=datetime.now(BEIJING))
+        return self._held_notification(reference, event, url, body, headers)
 
     # -- request handling ---------------------------------------------------------------------------------------------
     def _endpoint(self, handler: Callable[..., Any]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             serial = request.headers.get("wechatpay-serial") or ""
             try:
-                body = await self._read(request)
+                body = await read_limited(request, MAX_BODY_BYTES, _too_large)
                 self._authenticate(request, body)
                 data: Any = None
                 if request.method == "POST":
@@ -598,18 +512,6 @@ class WechatV3Sandbox:
                 return self._signed(204, b"", serial)
             return self._signed(status, json.dumps(answer, ensure_ascii=False).encode("utf-8"), serial)
         return endpoint
-
-    async def _read(self, request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            raise _Answer(413, "PARAM_ERROR", "请求包体过大 (body too large)")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise _Answer(413, "PARAM_ERROR", "请求包体过大 (body too large)")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _authenticate(self, request: Request, body: bytes) -> None:
         """The request's ``Authorization`` over the exact method, path below the prefix, query and body bytes."""
@@ -746,12 +648,8 @@ class WechatV3Sandbox:
                 return trade
             trade = _Trade(out_trade_no=out_trade_no, trade_type=trade_type, token=secrets.token_urlsafe(18),
                            params=params, created=time.monotonic(), expires=expires)
-            self._trades[out_trade_no] = trade
-            self._by_token[trade.token] = out_trade_no
+            self._add_trade(trade)
             return trade
-
-    def _wallet_url(self, request: Request, trade: _Trade) -> str:
-        return f"{str(request.base_url).rstrip('/')}{PREFIX}/wallet/{trade.token}"
 
     def _native(self, request: Request, data: dict[str, Any]) -> tuple[int, Any]:
         trade = self._create(request, data, "NATIVE")
@@ -833,7 +731,7 @@ class WechatV3Sandbox:
                 return 200, self._refund_json(owner, record)
             if trade.refunded + refund > trade.total:
                 raise _Answer(400, "INVALID_REQUEST", "申请退款金额超过订单可退金额")
-            record = _Refund(out_refund_no=out_refund_no, refund_id="50" + _digits(27), refund=refund,
+            record = _Refund(out_refund_no=out_refund_no, refund_id="50" + digits(27), refund=refund,
                              reason=str(data.get("reason") or ""), notify_url=str(data.get("notify_url") or ""),
                              created=_rfc3339())
             trade.refunds[out_refund_no] = record
@@ -915,51 +813,16 @@ class WechatV3Sandbox:
         if trade.state in _PAYABLE and trade.expires is not None and datetime.now(timezone.utc) >= trade.expires:
             trade.state = "CLOSED"
 
-    # -- the wallet ("scan with WeChat and pay") ----------------------------------------------------------------------
-    async def _wallet_page(self, request: Request) -> Response:
-        with self._lock:
-            out_trade_no = self._by_token.get(request.path_params["token"])
-            trade = self._trades.get(out_trade_no) if out_trade_no else None
-            if trade is None:
-                return HTMLResponse(_TEMPLATES.get_template("wechat_v3_wallet.html").render(trade=None),
-                                    status_code=404)
-            self._expire(trade)
-            view = {"out_trade_no": trade.out_trade_no, "description": trade.params["description"],
-                    "amount": f"{trade.total // 100}.{trade.total % 100:02d}", "trade_type": trade.trade_type,
-                    "attach": trade.params.get("attach", ""), "state": trade.state,
-                    "mch_id": self.settings.mchId, "merchant": self.settings.merchantName,
-                    "transaction_id": trade.transaction_id, "attempts": [dict(a) for a in trade.notify_attempts],
-                    "payable": trade.state in _PAYABLE,
-                    "expires": trade.expires.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
-                    if trade.expires else "",
-                    "signer": self._callback_signer}
-            token = trade.token
-        html = _TEMPLATES.get_template("wechat_v3_wallet.html").render(
-            trade=view, pay_action=f"{PREFIX}/wallet/{token}/pay", fail_action=f"{PREFIX}/wallet/{token}/fail")
-        return HTMLResponse(html)
-
-    async def _wallet_pay(self, request: Request) -> Response:
-        return self._wallet_complete(request, paid=True)
-
-    async def _wallet_fail(self, request: Request) -> Response:
-        return self._wallet_complete(request, paid=False)
-
-    def _wallet_complete(self, request: Request, *, paid: bool) -> Response:
-        token = request.path_params["token"]
-        with self._lock:
-            out_trade_no = self._by_token.get(token)
-            trade = self._trades.get(out_trade_no) if out_trade_no else None
-            if trade is None:
-                return HTMLResponse("unknown trade / 订单不存在", status_code=404)
-            self._complete(trade, paid)  # paying twice, or a closed trade, changes nothing: the page shows the state
-        return RedirectResponse(f"{request.base_url}{PREFIX.lstrip('/')}/wallet/{token}", status_code=303)
-
-    def _complete_by_reference(self, reference: str, *, paid: bool) -> bool:
-        with self._lock:
-            trade = self._trades.get(reference)
-            if trade is None:
-                raise KeyError(reference)
-            return self._complete(trade, paid)
+    # -- the wallet ("scan with WeChat and pay"; the page and buttons are WechatWalletSandbox's) --------------------
+    def _wallet_view(self, trade: _Trade) -> dict[str, Any]:
+        return {"out_trade_no": trade.out_trade_no, "subject": trade.params["description"],
+                "amount": f"{trade.total // 100}.{trade.total % 100:02d}", "trade_type": trade.trade_type,
+                "attach": trade.params.get("attach", ""), "state": trade.state,
+                "mch_id": self.settings.mchId, "merchant": self.settings.merchantName,
+                "transaction_id": trade.transaction_id, "attempts": [dict(a) for a in trade.notify_attempts],
+                "payable": trade.state in _PAYABLE, "notifies": trade.state in _PAID,
+                "expires": trade.expires.astimezone(BEIJING).strftime("%Y-%m-%d %H:%M:%S") if trade.expires else "",
+                "signer": self._callback_signer}
 
     def _complete(self, trade: _Trade, paid: bool) -> bool:
         """The buyer pays (``paid``) or the payment fails (the caller holds the lock)."""
@@ -970,7 +833,7 @@ class WechatV3Sandbox:
             trade.state = "PAYERROR"
             return True
         trade.state = "SUCCESS"
-        trade.transaction_id = "42000" + _digits(23)
+        trade.transaction_id = "42000" + digits(23)
         trade.openid = "o" + secrets.token_urlsafe(20)[:27]
         trade.success_time = _rfc3339()
         self._notify(trade, "TRANSACTION.SUCCESS", "transaction", self._transaction_json(trade),
@@ -993,8 +856,7 @@ class WechatV3Sandbox:
         body = self._callback_body(event, original_type, resource)
         if self._notify_mode == "hold":
             headers = {"Content-Type": "application/json", **self._signature_headers(body, self._callback_key())}
-            self._held.append(HeldNotification(provider="wechatV3", reference=trade.out_trade_no, event=event,
-                                               url=url, body=body, headers=headers, at=datetime.now(BEIJING)))
+            self._hold(trade.out_trade_no, event, url, body, headers)
             return
         threading.Thread(target=self._deliver, args=(url, body, attempts),
                          name=f"wechat-v3-sandbox-notify-{trade.out_trade_no}", daemon=True).start()
@@ -1027,12 +889,12 @@ class WechatV3Sandbox:
         log.warning("WeChat Pay v3 sandbox: gave up a callback to %s after %d attempts", url, len(delays))
 
 
+def _too_large() -> _Answer:
+    return _Answer(413, "PARAM_ERROR", "请求包体过大 (body too large)")
+
+
 def wechat_v3_routes(app: Any) -> list[BaseRoute]:
     """The WeChat Pay v3 sandbox's routes for ``app``, configured from ``app.settings["sandbox"]["wechatV3"]``; no
     routes without that block, ``ConfigError`` when it is incomplete or wrong. Each call makes a fresh sandbox; it
     is reachable as ``jitpay_sandbox.sandbox_of(app, "wechatV3")``."""
-    if not ((getattr(app, "settings", None) or {}).get("sandbox") or {}).get("wechatV3"):
-        return []
-    sandbox = WechatV3Sandbox(WechatV3SandboxSettings.from_app(app))
-    register(app, "wechatV3", sandbox)
-    return sandbox.routes()
+    return mount(app, "wechatV3", lambda _: WechatV3Sandbox(WechatV3SandboxSettings.from_app(app)))
