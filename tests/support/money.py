@@ -4,7 +4,9 @@ need to drive it (an app plugin recording payment events, held notifications, dr
 The invariant (issue 10): for every order, what the *sandboxes* say was captured minus what they refunded, summed over
 all of the order's trades at both providers, equals ``amount - refundedAmount`` if the order is ``success`` or
 ``refunded`` and zero otherwise; every trade that captured money is one of ``query(...)["payments"]`` with its trade
-number; and ``PaySvc.money_check`` agrees.
+number and reference (its ``out_trade_no``), and every paid or refunded payment is such a trade; no refund is left
+open; and ``PaySvc.money_check`` agrees. Scenario tests and the property test
+(``tests/elements/pays/properties/test_ledger_machine.py``) check it with :func:`assert_money_invariant`.
 
 This module is also an app plugin (``plugins: [tests.support.money]``, as :func:`money_app` configures): it records
 every payment event it is given in :data:`EVENTS`.
@@ -229,14 +231,17 @@ def net_captured(live: LiveApp, order_id: str) -> Decimal:
 
 
 # -- the invariant ----------------------------------------------------------------------------------------------------
-def assert_money_invariant(live: LiveApp, *order_ids: str, drained: bool = False) -> dict[str, dict[str, Any]]:
+def assert_money_invariant(live: LiveApp, *order_ids: str, drained: bool = False,
+                           app: Any = None) -> dict[str, dict[str, Any]]:
     """Drain the jobs (unless ``drained``), then check the invariant for each order (see the module docstring).
-    Returns each order's ``query``."""
+    ``app``: the App whose PaySvc is asked (default ``live.app``; e.g. the one loaded again after a simulated
+    restart, while the sandboxes stay those serving ``live.app``). Returns each order's ``query``."""
     from elements.pays.money import to_fen
 
     if not drained:
         drain(live)
-    pay, svc = live.pay_service, paysvc(live)
+    app = live.app if app is None else app
+    pay, svc = app.getElement(PAYSVC), app.loadElement(PAYSVC)
     queries = {}
     for order_id in order_ids:
         order = pay.query(orderId=order_id)
@@ -254,13 +259,14 @@ def assert_money_invariant(live: LiveApp, *order_ids: str, drained: bool = False
             payment = payments.get((trade.fullName, trade.tradeNo))
             assert payment is not None, (f"order {order_id}: {trade.fullName} trade {trade.tradeNo} captured "
                                          f"{trade.captured} and is not among its payments", order["payments"])
+            assert payment["reference"] == trade.reference, (payment, trade)
             assert payment["status"] in ("paid", "refunded") and payment["amount"] == trade.captured, payment
             assert payment["refundedAmount"] == trade.refunded, (payment, trade)
-        booked = {(t.fullName, t.tradeNo) for t in captured}
+        booked = {(t.fullName, t.tradeNo, t.reference) for t in captured}
         for payment in order["payments"]:
             if payment["status"] in ("paid", "refunded"):
-                assert (payment["fullName"], payment["tradeNo"]) in booked, (f"order {order_id}: payment "
-                                                                             f"recorded but not captured", payment)
+                assert (payment["fullName"], payment["tradeNo"], payment["reference"]) in booked, (
+                    f"order {order_id}: payment recorded but not captured", payment)
         accepted = [p for p in order["payments"] if p["accepted"]]
         if paid:
             assert len(accepted) == 1 and accepted[0]["tradeNo"] == order["tradeNo"], order["payments"]
