@@ -2,12 +2,13 @@
 
 A provider plugin (and JitPay for Alipay and WeChat Pay) runs it against its own fake gateway or sandbox::
 
-    from elements.pays.testing import ConformanceGateway, ConformanceSetup, ProviderConformance
+    from elements.pays.testing import (ConformanceGateway, ConformanceSetup, FailedPaymentConformance,
+                                       ProviderConformance)
 
     class AcmeGateway(ConformanceGateway):
         ...                                   # pay, notifications, rewrite (and fail, outage where it can)
 
-    class TestAcmePayConformance(ProviderConformance):
+    class TestAcmePayConformance(ProviderConformance, FailedPaymentConformance):   # AcmePay payments can fail
         @pytest.fixture
         def conformance(self, tmp_path):
             ...                               # load (and serve) an app that configures the provider
@@ -17,8 +18,10 @@ Every test drives PaySvc (``getPayUrl``, ``check``, ``close``, ``refund``, notif
 :meth:`PaySvc.handleNotify`, or over HTTP to the provider's notify URL when the app is served) and checks what
 docs/PROVIDERS.md promises: forged, tampered, wrong-amount and wrong-merchant notifications change nothing and are
 recorded in the audit log; duplicates are idempotent; statuses map as documented; refunds are idempotent per id;
-errors carry codes; money a closed order did not need goes back. A test the gateway cannot drive (no failed
-payments, no way to simulate an outage) is skipped, saying why.
+errors carry codes; money a closed order did not need goes back. A provider whose payments can fail (the provider
+reports a trade failed) includes :class:`FailedPaymentConformance` as well; one whose payments cannot (Alipay: a
+trade is paid, pending or closed) leaves it out, so nothing is skipped for it. A gateway that cannot simulate an
+outage skips that one test, saying why.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import pytest
 from elements.pays.errors import PayError
 from elements.pays.Meta import NotifyReply, NotifyRequest, PayProvider
 
-__all__ = ["ConformanceGateway", "ConformanceSetup", "ProviderConformance", "Delivered"]
+__all__ = ["ConformanceGateway", "ConformanceSetup", "ProviderConformance", "FailedPaymentConformance", "Delivered"]
 
 PAYSVC = "pays.services.PaySvc"
 PROVIDER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -42,8 +45,9 @@ PROVIDER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 class ConformanceGateway:
     """What the kit needs from a provider's fake gateway or sandbox: play the buyer and the provider. Implement
-    :meth:`pay`, :meth:`notifications` and :meth:`rewrite`; :meth:`fail` and :meth:`outage` are optional (their tests
-    are skipped without them). The gateway must *hold* its notifications (not post them): the kit delivers them."""
+    :meth:`pay`, :meth:`notifications` and :meth:`rewrite`; :meth:`fail` only for :class:`FailedPaymentConformance`,
+    and :meth:`outage` is optional (its test is skipped without it). The gateway must *hold* its notifications (not
+    post them): the kit delivers them."""
 
     def pay(self, reference: str) -> bool:
         """The buyer pays the trade ``reference`` (a prepared payment's ``PaymentPrep.reference``) as they would
@@ -51,7 +55,8 @@ class ConformanceGateway:
         raise NotImplementedError
 
     def fail(self, reference: str) -> bool:
-        """The buyer's payment of ``reference`` fails (the gateway reports the trade failed). Optional."""
+        """The buyer's payment of ``reference`` fails (the gateway reports the trade failed). True if it failed now.
+        Needed by :class:`FailedPaymentConformance` only."""
         raise NotImplementedError
 
     def notifications(self) -> list[NotifyRequest]:
@@ -109,7 +114,7 @@ class Delivered:
 
 class ProviderConformance:
     """The conformance tests. Subclass it as ``Test...`` and give the fixture ``conformance`` (a
-    :class:`ConformanceSetup`)."""
+    :class:`ConformanceSetup`); add :class:`FailedPaymentConformance` when the provider's payments can fail."""
 
     # -- helpers ------------------------------------------------------------------------------------------------------
     @pytest.fixture
@@ -128,6 +133,9 @@ class ProviderConformance:
         assert (ok.status, ok.body) != (no.status, no.body), "the provider must tell 'processed' from 'not'"
         assert provider.notify_url().startswith(("http://", "https://"))
         assert kit.svc.notify_providers(provider.providerName)
+        if type(kit.gateway).fail is not ConformanceGateway.fail:
+            assert isinstance(self, FailedPaymentConformance), \
+                "the gateway can make a payment fail: include FailedPaymentConformance in the test class"
 
     def test_prepare_offers_a_trade_that_ends_with_the_order(self, kit: "Kit") -> None:
         order = kit.create()
@@ -179,21 +187,6 @@ class ProviderConformance:
         checked = kit.svc.check(order["orderId"], kit.fullName)
         assert checked["providerStatus"] == "success" and checked["status"] == "success"
         assert checked["provider"] == kit.fullName and checked["tradeNo"]
-
-    def test_a_failed_payment_changes_that_payment_only(self, kit: "Kit") -> None:
-        order = kit.create()
-        reference = kit.prepare(order)
-        try:
-            failed = kit.gateway.fail(reference)
-        except NotImplementedError:
-            pytest.skip("the gateway cannot make a payment fail")
-        assert failed
-        for note in kit.gateway.notifications():
-            assert kit.deliver(note).same_as(kit.provider.notify_reply(True))
-        kit.svc.check(order["orderId"], kit.fullName)
-        after = kit.order(order["orderId"])
-        assert after["status"] == "pending"
-        assert [p["status"] for p in after["payments"] if p["reference"] == reference] == ["failed"]
 
     def test_close_then_money_that_comes_anyway_goes_back(self, kit: "Kit") -> None:
         order = kit.create()
@@ -279,6 +272,24 @@ class ProviderConformance:
         assert again["status"] == "confirmed"
         assert kit.gateway.refunded(reference) == kit.setup.amount
         kit.assert_money(order["orderId"], captured=kit.setup.amount)
+
+
+class FailedPaymentConformance:
+    """The conformance test of a failed payment, for a provider whose payments can fail (it reports ``failed``:
+    WeChat Pay's ``PAYERROR``, AcmePay's ``payment.failed``). Include it beside :class:`ProviderConformance`
+    (``class TestAcmePayConformance(ProviderConformance, FailedPaymentConformance)``); the gateway implements
+    :meth:`ConformanceGateway.fail`."""
+
+    def test_a_failed_payment_changes_that_payment_only(self, kit: "Kit") -> None:
+        order = kit.create()
+        reference = kit.prepare(order)
+        assert kit.gateway.fail(reference), "the gateway did not make the payment fail"
+        for note in kit.gateway.notifications():
+            assert kit.deliver(note).same_as(kit.provider.notify_reply(True))
+        kit.svc.check(order["orderId"], kit.fullName)
+        after = kit.order(order["orderId"])
+        assert after["status"] == "pending"
+        assert [p["status"] for p in after["payments"] if p["reference"] == reference] == ["failed"]
 
 
 class Kit:

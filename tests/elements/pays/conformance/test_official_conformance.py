@@ -15,7 +15,8 @@ import pytest
 
 from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
 from elements.pays.Meta import NotifyRequest
-from elements.pays.testing import ConformanceGateway, ConformanceSetup, ProviderConformance, swapped
+from elements.pays.testing import (ConformanceGateway, ConformanceSetup, FailedPaymentConformance, ProviderConformance,
+                                   swapped)
 from elements.pays.WechatPayType.signing import calculate_sign
 from elements.pays.WechatPayType.wirexml import build_cdata_xml, parse_xml
 from jitpay_sandbox import sandbox_of
@@ -99,7 +100,7 @@ def sandbox_app(tmp_path: Path) -> Iterator[Any]:
         yield live
 
 
-class TestAlipayConformance(ProviderConformance):
+class TestAlipayConformance(ProviderConformance):  # an Alipay trade cannot fail: no FailedPaymentConformance
     @pytest.fixture
     def conformance(self, sandbox_app: Any) -> ConformanceSetup:
         keys = sandbox_app.yaml_path.parent / ".sandbox"
@@ -107,7 +108,7 @@ class TestAlipayConformance(ProviderConformance):
                                 gateway=AlipaySandbox(sandbox_app.app, "alipay", keys))
 
 
-class TestWechatPayConformance(ProviderConformance):
+class TestWechatPayConformance(ProviderConformance, FailedPaymentConformance):
     @pytest.fixture
     def conformance(self, sandbox_app: Any) -> ConformanceSetup:
         keys = sandbox_app.yaml_path.parent / ".sandbox"

@@ -16,7 +16,8 @@ import pytest
 from acmepay.fake import FakeAcmePay
 from acmepay.protocol import SIGNATURE_HEADER, signature_header
 from elements.pays.Meta import NotifyRequest
-from elements.pays.testing import ConformanceGateway, ConformanceSetup, ProviderConformance, served_app
+from elements.pays.testing import (ConformanceGateway, ConformanceSetup, FailedPaymentConformance, ProviderConformance,
+                                   served_app)
 
 MERCHANTS = {"m_shop": ("sk_test_shop_0123456789", "whsec_shop_0123456789"),
              "m_other": ("sk_test_other_0123456789", "whsec_other_0123456789")}
@@ -77,7 +78,7 @@ def acmepay_app(gateway_url: str) -> dict[str, Any]:
                 "merchantId": "m_shop", "apiKey": api_key, "webhookSecret": secret, "gateway": gateway_url}}}}
 
 
-class TestAcmePayConformance(ProviderConformance):
+class TestAcmePayConformance(ProviderConformance, FailedPaymentConformance):  # AcmePay payments can fail
     @pytest.fixture
     def conformance(self, tmp_path: Any) -> Iterator[ConformanceSetup]:
         with FakeAcmePay(MERCHANTS).serve() as fake, served_app(tmp_path, acmepay_app(fake.url)) as (app, _url):
