@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from jitcore import sqlite
 from jitcore.config import AppModel, load_app_model
 from jitcore.defines import ElementDefine
 from jitcore.element import Element
@@ -217,8 +218,10 @@ def create_engine(url: str) -> Any:
     companions take the same mode). Transactions:
 
     - one the caller opens (``engine.begin()``, ``conn.begin()``, an ORM session) is ``BEGIN IMMEDIATE``: it takes
-      the write lock first, waiting for it under the busy timeout, so that a read-then-write transaction (a ledger
-      change, a job claim) never fails half-way with SQLITE_BUSY when another process wrote meanwhile;
+      the write lock first, so that a read-then-write transaction (a ledger change, a job claim) never fails half-way
+      with SQLITE_BUSY when another process wrote meanwhile; before that it waits for its turn among the database's
+      writers in every process (:mod:`jitcore.sqlite`: a lock file ``<database>-jitlock``), not in SQLite's
+      sleeping busy handler;
     - one SQLAlchemy opens by itself on the first statement of ``engine.connect()`` is a plain (deferred) ``BEGIN``:
       a read snapshot that never takes the write lock and never waits for a writer (WAL). Write through
       ``engine.begin()``; a write inside such a read may fail with "database is locked" if another connection
@@ -228,11 +231,18 @@ def create_engine(url: str) -> Any:
     from sqlalchemy import event
 
     if url.startswith("sqlite"):
+        import sqlite3
+
+        from sqlalchemy.exc import DBAPIError
+
         _create_private_database_file(url)
         engine = sa_create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-        connection_class = _sqlite_connection_class()
+        connection_class = sqlite.connection_class()
         if connection_class is not None:
             engine._connection_cls = connection_class
+            database_file = _database_file(url)
+            if database_file is not None:  # writers take turns (jitcore.sqlite)
+                engine.jit_write_turns = sqlite.WriteTurn(f"{database_file}-jitlock")
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -248,7 +258,11 @@ def create_engine(url: str) -> Any:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # without the marker (another SQLAlchemy, an engine.execution_options() copy): always IMMEDIATE, safe
-            conn.exec_driver_sql("BEGIN" if getattr(conn, "_jit_implicit_begin", False) else "BEGIN IMMEDIATE")
+            sql = "BEGIN" if getattr(conn, "_jit_implicit_begin", False) else "BEGIN IMMEDIATE"
+            try:  # on the driver's connection: a statement through SQLAlchemy costs several times as much
+                conn.connection.dbapi_connection.execute(sql)
+            except sqlite3.Error as exc:  # (the busy timeout ran out) as SQLAlchemy would raise it
+                raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
 
         return engine
     try:
@@ -298,42 +312,23 @@ def _ping_rested_connections(engine: Any) -> None:
             raise InvalidatePoolError(f"a pooled connection was found closed: {exc}") from exc
 
 
-_SQLITE_CONNECTION: list[Any] = []
+def _database_file(url: str) -> str | None:
+    """The file of a SQLite URL; None for in-memory and ``file:`` URI databases (left to SQLite)."""
+    from sqlalchemy.engine import make_url
 
-
-def _sqlite_connection_class() -> Any:
-    """A SQLAlchemy ``Connection`` that marks the transactions SQLAlchemy begins by itself (autobegin: the first
-    statement on ``engine.connect()``) apart from those the caller begins; None if this SQLAlchemy has no autobegin
-    step to tell them apart (then every transaction is ``BEGIN IMMEDIATE``)."""
-    if not _SQLITE_CONNECTION:
-        from sqlalchemy.engine import Connection
-
-        connection_class = None
-        if callable(getattr(Connection, "_autobegin", None)):
-            class SQLiteConnection(Connection):
-                _jit_implicit_begin = False
-
-                def _autobegin(self) -> None:
-                    self._jit_implicit_begin = True
-                    try:
-                        super()._autobegin()
-                    finally:
-                        self._jit_implicit_begin = False
-
-            connection_class = SQLiteConnection
-        _SQLITE_CONNECTION.append(connection_class)
-    return _SQLITE_CONNECTION[0]
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:") or parsed.query.get("uri"):
+        return None
+    return database
 
 
 def _create_private_database_file(url: str) -> None:
     """Create the SQLite database file of ``url`` readable and writable by its owner only (0600) if it does not
     exist yet; SQLite creates its ``-wal`` and ``-shm`` files with the database file's mode. An existing file keeps
     its mode; in-memory and ``file:`` URI databases are left to SQLite."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:") or parsed.query.get("uri"):
+    database = _database_file(url)
+    if database is None:
         return
     try:
         descriptor = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -163,7 +163,7 @@ def test_the_database_file_jitpay_creates_is_0600_with_its_wal_and_shm(tmp_path:
         database = Path(shop.engine.url.database)
         with shop.engine.connect() as conn:  # a connection is open: the -wal and -shm files exist
             conn.execute(text("SELECT 1"))
-            for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+            for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm"), Path(f"{database}-jitlock")):
                 assert path.exists() and mode(path) == 0o600, path
     finally:
         os.umask(old_umask)
@@ -182,4 +182,6 @@ def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
     with memory.connect() as conn:
         assert conn.execute(text("SELECT 1")).scalar() == 1
     memory.dispose()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.db"]
+    # the writers' lock file (jitcore.sqlite) beside it, none for the in-memory database
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.db", "kept.db-jitlock"]
+    assert mode(tmp_path / "kept.db-jitlock") == 0o600

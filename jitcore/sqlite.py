@@ -1,0 +1,144 @@
+"""How jitcore's SQLite engines begin transactions, and how their writers take turns.
+
+SQLite lets one writer at a time in. A writer that finds the database locked waits in SQLite's busy handler, which
+*sleeps* (1 ms, 2 ms, 5 ms, ... up to 100 ms) between tries: with several threads or ``jit serve`` worker processes
+writing at once, the lock is often free while every waiter still sleeps, and a request may lose the race again and
+again (hundreds of milliseconds at the 99th percentile). So every transaction a caller begins (``engine.begin()``,
+``conn.begin()``, an ORM session: ``BEGIN IMMEDIATE``) first takes :class:`WriteTurn`, an exclusive ``flock`` on a
+file beside the database (``<database>-jitlock``, mode 0600): the kernel queues the writers of every process and
+wakes the next one as soon as a transaction ends. SQLite's own lock and busy timeout stay in force behind it (for
+programs that do not take turns: the ``sqlite3`` shell, another library).
+
+Reads never take a turn: a transaction SQLAlchemy begins by itself on the first statement of ``engine.connect()``
+is a plain ``BEGIN`` (a WAL snapshot), and jitcore.sql's reads run in autocommit.
+
+This relies on SQLAlchemy's ``Connection`` steps ``_autobegin``, ``_begin_impl``, ``_commit_impl``,
+``_rollback_impl`` and ``close``; with a SQLAlchemy that lacks them every transaction is ``BEGIN IMMEDIATE`` and
+writers wait in the busy handler: slower, still correct.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from typing import Any
+
+log = logging.getLogger("jitcore")
+
+__all__ = ["WriteTurn", "connection_class"]
+
+
+class WriteTurn:
+    """Writers of one SQLite database file take turns: an exclusive ``flock`` on ``path``, one open file per thread
+    (so threads of one process exclude each other too). A thread that holds its turn and begins another write
+    transaction (on a second connection) does not wait for itself: that transaction meets SQLite's lock and busy
+    timeout, as it would without turns."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def take(self) -> "_Turn | None":
+        """Wait for this thread's turn; the turn to give back, or None when the lock file cannot be opened (then
+        SQLite's busy handler alone orders the writers)."""
+        local = self._local
+        held = getattr(local, "turn", None)
+        if held is not None and held.depth:
+            held.depth += 1
+            return held
+        if held is None:
+            try:
+                descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                log.debug("no write turns for %s: %s", self.path, exc)
+                return None
+            held = local.turn = _Turn(descriptor)
+        fcntl.flock(held.descriptor, fcntl.LOCK_EX)
+        held.depth = 1
+        return held
+
+
+class _Turn:
+    """One thread's open lock file and how many of its transactions hold the turn."""
+
+    __slots__ = ("descriptor", "depth", "__weakref__")
+
+    def __init__(self, descriptor: int) -> None:
+        self.descriptor = descriptor
+        self.depth = 0
+
+    def give_back(self) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+
+    def __del__(self) -> None:  # the thread ended: its lock file closes (which also ends a turn left held)
+        try:
+            os.close(self.descriptor)
+        except OSError:
+            pass
+
+
+_CLASS: list[Any] = []
+_STEPS = ("_autobegin", "_begin_impl", "_commit_impl", "_rollback_impl", "close")
+
+
+def connection_class() -> Any:
+    """The SQLAlchemy ``Connection`` class of jitcore's SQLite engines: it marks the transactions SQLAlchemy begins
+    by itself (autobegin: a read) apart from those the caller begins (``BEGIN IMMEDIATE``, after taking the engine's
+    :class:`WriteTurn`, given back when the transaction or the connection ends). None if this SQLAlchemy lacks one
+    of the steps used (see the module docstring)."""
+    if not _CLASS:
+        from sqlalchemy.engine import Connection
+
+        found = None
+        if all(callable(getattr(Connection, step, None)) for step in _STEPS):
+            class SQLiteConnection(Connection):
+                _jit_implicit_begin = False
+                _jit_turn: "_Turn | None" = None
+
+                def _autobegin(self) -> None:
+                    self._jit_implicit_begin = True
+                    try:
+                        super()._autobegin()
+                    finally:
+                        self._jit_implicit_begin = False
+
+                def _begin_impl(self, transaction: Any) -> None:
+                    turns = None if self._jit_implicit_begin else getattr(self.engine, "jit_write_turns", None)
+                    if turns is not None and self._jit_turn is None:
+                        self._jit_turn = turns.take()
+                    try:
+                        super()._begin_impl(transaction)
+                    except BaseException:
+                        self._jit_give_back()
+                        raise
+
+                def _commit_impl(self) -> None:
+                    try:
+                        super()._commit_impl()
+                    finally:
+                        self._jit_give_back()
+
+                def _rollback_impl(self) -> None:
+                    try:
+                        super()._rollback_impl()
+                    finally:
+                        self._jit_give_back()
+
+                def close(self) -> None:
+                    try:
+                        super().close()
+                    finally:
+                        self._jit_give_back()
+
+                def _jit_give_back(self) -> None:
+                    turn, self._jit_turn = self._jit_turn, None
+                    if turn is not None:
+                        turn.give_back()
+
+            found = SQLiteConnection
+        _CLASS.append(found)
+    return _CLASS[0]

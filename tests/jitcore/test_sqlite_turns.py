@@ -1,0 +1,157 @@
+"""jitcore.sqlite: the writers of a SQLite database take turns on a lock file (``<database>-jitlock``) instead of
+sleeping in SQLite's busy handler; reads take no turn; a turn always comes back (commit, rollback, an error, a closed
+connection); a thread never waits for its own turn."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
+
+from jitcore.app import create_engine
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Any:
+    engine = create_engine(f"sqlite:///{tmp_path / 'turns.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
+        conn.execute(text("INSERT INTO counter VALUES (1, 0)"))
+    yield engine
+    engine.dispose()
+
+
+def turn_is_free(engine: Any) -> bool:
+    """Whether a writer of another process could take its turn now."""
+    descriptor = os.open(engine.jit_write_turns.path, os.O_RDWR)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(descriptor)  # (also ends the lock just taken)
+    return True
+
+
+def increment(engine: Any) -> None:
+    with engine.begin() as conn:
+        n = conn.execute(text("SELECT n FROM counter WHERE id = 1")).scalar_one()
+        conn.execute(text("UPDATE counter SET n = :n WHERE id = 1"), {"n": n + 1})
+
+
+def test_a_write_transaction_holds_the_turn_until_it_ends(engine: Any) -> None:
+    assert turn_is_free(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE counter SET n = n + 1"))
+        assert not turn_is_free(engine)
+    assert turn_is_free(engine)
+    # commit-as-you-go on a connection the caller began
+    with engine.connect() as conn:
+        conn.begin()
+        conn.execute(text("UPDATE counter SET n = n + 1"))
+        assert not turn_is_free(engine)
+        conn.commit()
+        assert turn_is_free(engine)
+
+
+def test_a_read_takes_no_turn(engine: Any) -> None:
+    with engine.connect() as conn:  # SQLAlchemy's own BEGIN on the first statement: a snapshot
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 0
+        assert turn_is_free(engine)
+
+
+def test_the_turn_comes_back_after_an_error_a_rollback_and_a_closed_connection(engine: Any) -> None:
+    with pytest.raises(ZeroDivisionError):
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE counter SET n = n + 1"))
+            1 / 0
+    assert turn_is_free(engine)
+    with pytest.raises(OperationalError):
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE no_such_table SET n = 1"))
+    assert turn_is_free(engine)
+    conn = engine.connect()
+    conn.begin()
+    conn.execute(text("UPDATE counter SET n = n + 1"))
+    conn.rollback()
+    assert turn_is_free(engine)
+    conn.begin()
+    conn.execute(text("UPDATE counter SET n = n + 1"))
+    conn.close()  # the transaction open: closing rolls it back and gives the turn back
+    assert turn_is_free(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 0
+
+
+def test_a_thread_does_not_wait_for_its_own_turn(engine: Any) -> None:
+    # a second write transaction of the same thread meets SQLite's lock and busy timeout, as without turns: an
+    # error after the timeout, not a thread waiting for itself forever
+    @event.listens_for(engine, "connect")
+    def short_timeout(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=200")
+
+    engine.dispose()
+    with engine.begin() as outer:
+        outer.execute(text("UPDATE counter SET n = n + 1"))
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"):
+            with engine.begin() as inner:
+                inner.execute(text("UPDATE counter SET n = n + 1"))
+        assert time.monotonic() - started < 10
+        assert not turn_is_free(engine)  # still the outer transaction's
+    assert turn_is_free(engine)
+
+
+def test_threads_take_turns(engine: Any) -> None:
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(40):
+                increment(engine)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 240
+    assert turn_is_free(engine)
+
+
+def test_processes_take_turns(engine: Any, tmp_path: Path) -> None:
+    # each process reads and writes back in one transaction: a lost update would show in the total
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from sqlalchemy import text
+        from jitcore.app import create_engine
+        engine = create_engine(sys.argv[1])
+        for _ in range(60):
+            with engine.begin() as conn:
+                n = conn.execute(text("SELECT n FROM counter WHERE id = 1")).scalar_one()
+                conn.execute(text("UPDATE counter SET n = :n WHERE id = 1"), {{"n": n + 1}})
+    """)
+    url = str(engine.url)
+    workers = [subprocess.Popen([sys.executable, "-c", script, url]) for _ in range(3)]
+    for _ in range(60):
+        increment(engine)
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0, 0]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 240
