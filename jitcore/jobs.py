@@ -38,6 +38,7 @@ import threading
 import time
 import traceback
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as time_of_day
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
                         and_, bindparam, delete, exists, insert, or_, select, text, update)
+from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -410,6 +412,9 @@ class JobQueue:
         self._token = uuid.uuid4().hex[:6]
         self._last_periodic = float("-inf")
         self._last_purge = float("-inf")
+        #: per thread: the jobs it inserted claimed, as written (``{id: row}``), for :meth:`run_now`
+        self._local = threading.local()
+        self._watched: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     # -- schema -----------------------------------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -531,7 +536,30 @@ class JobQueue:
                 SEQUENCE_BUSY, {"sequenceKey": sequenceKey}) is None):
             values.update(state="running", attempts=1, runner=self._runner_id(),
                           leaseUntil=now + timedelta(seconds=self._kind(kind).leaseSeconds))
-        return _insert_job(connection, values)
+        job_id = _insert_job(connection, values)
+        if job_id is not None:
+            self._note_inserted(connection, job_id, values)
+        return job_id
+
+    def _note_inserted(self, connection: Connection, job_id: int, values: dict[str, Any]) -> None:
+        """Remember a job this thread inserted claimed (its row as written), so that :meth:`run_now` after the commit
+        need not read it back; forget an earlier entry of the id otherwise (an id of a rolled-back insert may be
+        given again)."""
+        claims = self._local.__dict__.setdefault("claims", {})
+        if values["state"] != "running":
+            claims.pop(job_id, None)
+            return
+        engine = connection.engine
+        if engine not in self._watched:
+            with self._lock:
+                if engine not in self._watched:
+                    # a transaction that rolls back takes its claims with it: forget them (run_now then reads)
+                    sa_event.listen(engine, "rollback", self._forget_claims)
+                    self._watched.add(engine)
+        if len(claims) >= 256:  # entries of transactions that rolled back are never run: keep the map small
+            claims.clear()
+        claims[job_id] = database(connection.engine).compiled(JOB_BY_ID).row_of(
+            {"runner": None, "leaseUntil": None, **values, "id": job_id})
 
     def publish(self, conn: Any, event: str, kwargs: dict, *, sequenceKey: str | None = None,
                 claim: bool = False) -> list[int]:
@@ -615,8 +643,14 @@ class JobQueue:
                     return outcome, None
         return None, None
 
+    def _forget_claims(self, _connection: Any) -> None:
+        self._local.__dict__.pop("claims", None)
+
     def _claimed(self, job_id: int) -> Any:
         """The job if its first attempt is this thread's (claimed when it was enqueued, committed), else None."""
+        remembered = self._local.__dict__.get("claims", {}).pop(job_id, None)
+        if remembered is not None:  # committed as written: no one else takes it before its lease ends
+            return remembered
         with database(self.app.engine).read() as conn:
             row = conn.first(JOB_BY_ID, {"jobId": job_id})
         if row is not None and row.state == "running" and row.attempts == 1 and row.runner == self._runner_id():

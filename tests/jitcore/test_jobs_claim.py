@@ -75,3 +75,22 @@ def test_a_rolled_back_claim_leaves_nothing(make_jobs_app: Any) -> None:  # noqa
             raise RuntimeError("rolled back")
     app.jobs.run_now(ids)
     assert app.jobs.list() == [] and records(app.root) == []
+
+
+def test_an_id_given_again_after_a_rolled_back_claim_is_claimed_properly(make_jobs_app: Any) -> None:  # noqa: F811
+    # run_now runs a job this thread claimed as it was written (no read back); a rolled-back claim must not be taken
+    # for the job that gets its id next (SQLite gives a rolled-back rowid again)
+    app = make_jobs_app()
+    with pytest.raises(RuntimeError):
+        with app.engine.begin() as conn:
+            rolled_back = app.jobs.publish(conn, "jit_test_thing_happened", {"thing": {"n": 1}}, claim=True)
+            raise RuntimeError("rolled back")
+    with app.engine.begin() as conn:
+        again = app.jobs.publish(conn, "jit_test_thing_happened", {"thing": {"n": 2}})  # not claimed
+    assert again == rolled_back and {app.jobs.get(i)["state"] for i in again} == {"due"}
+    with app.engine.begin() as conn:  # another runner takes them first
+        conn.execute(update(job_table).where(job_table.c.id.in_(again))
+                     .values(state="running", attempts=1, runner="elsewhere",
+                             leaseUntil=datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=5)))
+    app.jobs.run_now(again)  # not this thread's: nothing runs
+    assert records(app.root) == [] and {app.jobs.get(i)["runner"] for i in again} == {"elsewhere"}
