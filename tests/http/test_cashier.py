@@ -173,6 +173,27 @@ def test_status_json_follows_the_payment(buyer, order):
     assert re.search(r'id="paid-view"[^>]*>', page).group(0).find("hidden") == -1
 
 
+def test_an_unchanged_status_is_a_bodiless_304(buyer, order):
+    # what the page's script does: poll with the ETag of the last status it got
+    path, token = cashier_paths(order)
+    auth = {"X-Cashier-Token": token}
+    first = buyer.get(path + "/status", headers=auth)
+    etag = first.headers["etag"]
+    assert first.status_code == 200 and first.headers["cache-control"] == "no-store"
+    again = buyer.get(path + "/status", headers={**auth, "If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == etag
+    assert again.headers["x-frame-options"] == "DENY"  # the security headers on every answer
+    assert buyer.get(path + "/status", headers={**auth, "If-None-Match": f'"other", W/{etag}'}).status_code == 304
+    # the ETag does not stand in for the token
+    assert buyer.get(path + "/status", headers={"X-Cashier-Token": "wrong", "If-None-Match": etag}).status_code == 404
+    # a change: the full status, with a new ETag
+    prep = buyer.post(path + "/pay", headers=auth, json={"fullName": "pays.AliPayType", "payType": "pc"})
+    pay_in_wallet(buyer, prep.json()["payUrl"])
+    paid = wait_for(lambda: (r := buyer.get(path + "/status", headers={**auth, "If-None-Match": etag}))
+                    .status_code == 200 and r)
+    assert paid.json()["status"] == "success" and paid.headers["etag"] != etag
+
+
 # -- pay ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fullName", ["pays.AliPayType", "pays.WechatPayType"])
 def test_pay_pc_gives_qr_code_and_wallet_url(live_app, buyer, order, fullName):

@@ -51,8 +51,12 @@ REUSE_MARGIN = timedelta(seconds=60)
 #: a new trade is offered only while at least this much of the order's payment window is left (WeChat Pay refuses
 #: an expiry less than 5 minutes away)
 MIN_PAY_WINDOW = timedelta(minutes=6)
-#: how often a polling page may make PaySvc ask the providers about one pending order
+#: how often a polling page may make PaySvc ask the providers about one pending order: every REFRESH_INTERVAL while
+#: the order is younger than REFRESH_SLOWS_AFTER, then every REFRESH_INTERVAL_LATER (the sweep's own pace), so that a
+#: page left open costs few provider calls
 REFRESH_INTERVAL = timedelta(seconds=15)
+REFRESH_SLOWS_AFTER = timedelta(minutes=10)
+REFRESH_INTERVAL_LATER = timedelta(minutes=2)
 REFUND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: what no provider carries in a subject or a refund reason: C0 control characters but tab (line breaks included:
 #: both are one line), the noncharacters U+FFFE and U+FFFF (not XML) and lone surrogates (not UTF-8)
@@ -383,22 +387,28 @@ class PaySvc(NormalService):
                           message=f"provider says {state.status}, order is {order.status}", payload=raw)
         return True, "OK"
 
-    def refresh_pending(self, orderId: str) -> Row | None:
+    def refresh_pending(self, orderId: str, order: Row | None = None) -> Row | None:
         """Ask the providers a pending order was offered with whether it has been paid, at most once every
-        :data:`REFRESH_INTERVAL` per order (for pages that poll while notifications may not arrive). Returns the
-        order as it is afterwards, or None if it does not exist. Provider errors are recorded, not raised."""
+        :data:`REFRESH_INTERVAL` per order (every :data:`REFRESH_INTERVAL_LATER` once the order is older than
+        :data:`REFRESH_SLOWS_AFTER`), for pages that poll while notifications may not arrive. ``order``: the order as
+        the caller just read it (not read again unless a provider is asked). Returns the order as it is afterwards,
+        or None if it does not exist. Provider errors are recorded, not raised."""
+        if order is None:
+            order = self.ledger.order(orderId)
+        if order is None or order.status != "pending":
+            return order
+        created = as_utc(order.createdAt)
+        young = created is None or utcnow() - created < REFRESH_SLOWS_AFTER
+        interval = (REFRESH_INTERVAL if young else REFRESH_INTERVAL_LATER).total_seconds()
         now = time.monotonic()
         with self._refresh_lock:
             last = self._refreshed.get(orderId)
-            if last is not None and now - last < REFRESH_INTERVAL.total_seconds():
-                return self.ledger.order(orderId)
+            if last is not None and now - last < interval:
+                return order
             self._refreshed[orderId] = now
             if len(self._refreshed) > 10000:  # forget the oldest; only a rate limit
                 for key in sorted(self._refreshed, key=self._refreshed.__getitem__)[:5000]:
                     del self._refreshed[key]
-        order = self.ledger.order(orderId)
-        if order is None or order.status != "pending":
-            return order
         for fullName in self.ledger.offered_providers(orderId):
             try:
                 if self.check(orderId, fullName)["status"] != "pending":

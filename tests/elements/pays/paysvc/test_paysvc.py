@@ -3,8 +3,9 @@ refunds and events. (The same flow against the real providers and the sandbox is
 
 from __future__ import annotations
 
+import sys
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -532,6 +533,31 @@ def test_refresh_pending_asks_the_providers_at_most_every_interval(app: Any, pay
     assert svc.refresh_pending(order_id).status == "success"
     assert fake_plugin.EVENTS.count(("paid", order_id)) == 1
     assert svc.refresh_pending("NO_SUCH_ORDER") is None
+
+
+def test_refresh_pending_asks_less_often_about_an_older_order(app: Any, pay: Any, monkeypatch: Any) -> None:
+    svc = app.loadElement("pays.services.PaySvc")
+    order_id = pay.create("Book", "8.00")["orderId"]
+    pay.getPayUrl(orderId=order_id, fullName=FAKE, payType="pc")
+    svc._refreshed.clear()
+    assert svc.refresh_pending(order_id).status == "pending"
+    fake_class(app).trades[f"{FAKE}:{order_id}"] = TradeState(order_id, "success", "T6", Decimal("8.00"))
+    paysvc_module = sys.modules[type(svc).__module__]
+    # 20 s after the last question: asked again while the order is young ...
+    svc._refreshed[order_id] -= 20
+    monkeypatch.setattr(paysvc_module, "REFRESH_SLOWS_AFTER", timedelta(hours=1))
+    order = svc.ledger.order(order_id)
+    assert svc.refresh_pending(order_id, order).status == "success"
+    # ... but not about an order older than REFRESH_SLOWS_AFTER, until REFRESH_INTERVAL_LATER has passed
+    other = pay.create("Book", "8.00")["orderId"]
+    pay.getPayUrl(orderId=other, fullName=FAKE, payType="pc")
+    assert svc.refresh_pending(other).status == "pending"
+    fake_class(app).trades[f"{FAKE}:{other}"] = TradeState(other, "success", "T7", Decimal("8.00"))
+    monkeypatch.setattr(paysvc_module, "REFRESH_SLOWS_AFTER", timedelta(0))
+    svc._refreshed[other] -= 20
+    assert svc.refresh_pending(other).status == "pending"
+    svc._refreshed[other] -= 120
+    assert svc.refresh_pending(other).status == "success"
 
 
 def test_check_refuses_an_answer_about_another_order(app: Any, pay: Any) -> None:

@@ -119,16 +119,19 @@
   });
 
   let timer = null;
+  let etag = null;  // of the last status: an unchanged one comes back as a bodiless 304
   async function check() {
     timer = null;
     if (done) return;
     if (!document.hidden) {
       try {
+        const headers = etag ? { ...auth, "If-None-Match": etag } : auth;
         const response = await fetch(base + "/status", {
-          headers: auth, cache: "no-store", credentials: "same-origin",
+          headers, cache: "no-store", credentials: "same-origin",
         });
-        if (response.ok) {
+        if (response.status === 200) {
           const data = await response.json();
+          etag = response.headers.get("ETag");
           render(data.status, data.payTime);
         }
       } catch (e) {
