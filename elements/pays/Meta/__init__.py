@@ -248,9 +248,11 @@ class PayProvider(Element):
 
     def settle(self, order: OrderView, paidHere: bool) -> None:
         """The order has been paid (``order.tradeNo``), through this element (``paidHere``) or another: make
-        whatever else of it is still payable here unpayable, so that the buyer cannot pay twice. Called once, after
-        the payment is committed, for every payment element the order was offered with; errors are recorded, never
-        undo the payment. The default closes the trade unless this element took the payment."""
+        whatever else of it is still payable here unpayable, so that the buyer cannot pay twice. Called by a job
+        after the payment is committed, for every payment element the order has a trade with that may still capture
+        money, and for the paying element if its class overrides this method (the default does nothing there);
+        errors are recorded, never undo the payment. The default closes the trade unless this element took the
+        payment."""
         if not paidHere:
             self.close(order)
 
