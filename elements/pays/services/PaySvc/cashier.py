@@ -18,8 +18,9 @@ Without the right token every route answers the same 404, whether or not the ord
 constant time by :meth:`PaySvc.cashier_order`). Responses are never cached, cannot be framed, and send no referrer (the
 token is in the page's URL). The token is a secret, so it stays out of logs: the page's script sends it in the
 ``X-Cashier-Token`` header for its polling and payments (``?token=`` is still accepted there), and the access log of
-``jit serve`` masks ``token=`` in the one request that carries it in its URL (:func:`jitcore.http.redact_access_log`). The page loads nothing from elsewhere: its CSS and JS are inline, allowed by a per-response CSP
-nonce, and the QR code is a ``data:`` image.
+``jit serve`` masks ``token=`` in the one request that carries it in its URL (:func:`jitcore.http.redact_access_log`).
+The page loads nothing from elsewhere: its CSS and JS are inline, allowed by a per-response CSP nonce, and the QR code
+is a ``data:`` image.
 
 The choices are every payment element the app configures, a plugin's too, presented as its ``cashier:`` block and
 ``settings.cashier.elements`` say (:mod:`.choices`).
