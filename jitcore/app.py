@@ -242,7 +242,7 @@ def create_engine(url: str) -> Any:
             engine._connection_cls = connection_class
             database_file = _database_file(url)
             if database_file is not None:  # writers take turns (jitcore.sqlite)
-                engine.jit_write_turns = sqlite.WriteTurn(f"{database_file}-jitlock")
+                engine.jit_write_turns = sqlite.write_turns(f"{database_file}-jitlock")
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

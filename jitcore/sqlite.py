@@ -27,7 +27,7 @@ from typing import Any
 
 log = logging.getLogger("jitcore")
 
-__all__ = ["WriteTurn", "connection_class"]
+__all__ = ["WriteTurn", "write_turns", "connection_class"]
 
 
 class WriteTurn:
@@ -58,6 +58,21 @@ class WriteTurn:
         fcntl.flock(held.descriptor, fcntl.LOCK_EX)
         held.depth = 1
         return held
+
+
+_TURNS: dict[str, WriteTurn] = {}
+_TURNS_LOCK = threading.Lock()
+
+
+def write_turns(path: str) -> WriteTurn:
+    """The :class:`WriteTurn` of the lock file ``path``: one per file in this process, shared by every engine of the
+    database, so that a thread holding its turn through one engine does not wait for itself through another."""
+    key = os.path.realpath(path)
+    with _TURNS_LOCK:
+        found = _TURNS.get(key)
+        if found is None:
+            found = _TURNS[key] = WriteTurn(key)
+        return found
 
 
 class _Turn:

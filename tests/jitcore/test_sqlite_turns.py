@@ -114,6 +114,27 @@ def test_a_thread_does_not_wait_for_its_own_turn(engine: Any) -> None:
     assert turn_is_free(engine)
 
 
+def test_a_thread_does_not_wait_for_its_own_turn_through_another_engine(engine: Any, tmp_path: Path) -> None:
+    # two Apps of one database in one process share the file's turns: the second engine's transaction meets SQLite's
+    # busy timeout, not a lock its own thread holds through the first engine
+    other = create_engine(str(engine.url))
+    assert other.jit_write_turns is engine.jit_write_turns
+
+    @event.listens_for(other, "connect")
+    def short_timeout(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout=200")
+
+    try:
+        with engine.begin() as outer:
+            outer.execute(text("UPDATE counter SET n = n + 1"))
+            with pytest.raises(OperationalError, match="locked"):
+                with other.begin() as inner:
+                    inner.execute(text("UPDATE counter SET n = n + 1"))
+        assert turn_is_free(engine)
+    finally:
+        other.dispose()
+
+
 def test_threads_take_turns(engine: Any) -> None:
     errors: list[BaseException] = []
 
