@@ -55,7 +55,11 @@ class WriteTurn:
                 log.debug("no write turns for %s: %s", self.path, exc)
                 return None
             held = local.turn = _Turn(descriptor)
-        fcntl.flock(held.descriptor, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(held.descriptor, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without flock: SQLite's busy handler alone orders the writers
+            log.debug("no write turn for %s: %s", self.path, exc)
+            return None
         held.depth = 1
         return held
 
@@ -87,7 +91,10 @@ class _Turn:
     def give_back(self) -> None:
         self.depth -= 1
         if self.depth == 0:
-            fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+            except OSError:  # pragma: no cover - closing the file (a thread's end) ends the lock too
+                log.warning("could not give back the write turn of %s", self.descriptor, exc_info=True)
 
     def __del__(self) -> None:  # the thread ended: its lock file closes (which also ends a turn left held)
         try:
