@@ -1,10 +1,11 @@
 """The money rule as a stateful property (Hypothesis ``RuleBasedStateMachine``), against the sandbox over real HTTP.
 
 Random interleavings of: creating orders; ``getPayUrl`` with Alipay and both WeChat Pay trade types; the buyer
-paying (or failing) any trade at any time, also after close, after another payment, after a refund; notifications
-delivered, dropped, duplicated and reordered; ``check``; ``close``; refunds (partial, full, repeated ids); job runs;
-and a process restart. When a run ends, the jobs are drained (the periodic sweep asks the providers about every trade
-that may have captured money, since notifications may have been dropped) and then, for every order:
+paying (or failing) any trade at any time, also after close, after another payment, after a refund, or every trade
+of one order at once; notifications delivered, dropped, duplicated and reordered; ``check``; ``close``; refunds
+(partial, full, repeated ids); job runs; and a process restart. When a run ends, the jobs are drained (the periodic
+sweep asks the providers about every trade that may have captured money, since notifications may have been dropped)
+and then, for every order:
 
 - the money invariant, as :func:`tests.support.money.assert_money_invariant` checks it for the scenario tests: what
   the *sandbox* captured minus what it refunded, over all the order's trades, equals ``amount - refundedAmount`` if
