@@ -231,10 +231,6 @@ def create_engine(url: str) -> Any:
     from sqlalchemy import event
 
     if url.startswith("sqlite"):
-        import sqlite3
-
-        from sqlalchemy.exc import DBAPIError
-
         _create_private_database_file(url)
         engine = sa_create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         connection_class = sqlite.connection_class()
@@ -255,15 +251,7 @@ def create_engine(url: str) -> Any:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            # without the marker (another SQLAlchemy, an engine.execution_options() copy): always IMMEDIATE, safe
-            sql = "BEGIN" if getattr(conn, "_jit_implicit_begin", False) else "BEGIN IMMEDIATE"
-            try:  # on the driver's connection: a statement through SQLAlchemy costs several times as much
-                conn.connection.dbapi_connection.execute(sql)
-            except sqlite3.Error as exc:  # (the busy timeout ran out) as SQLAlchemy would raise it
-                raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
-
+        event.listen(engine, "begin", sqlite.begin)
         return engine
     try:
         engine = sa_create_engine(url)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import operator
 import threading
 import weakref
 from typing import Any, Iterator, Mapping
@@ -117,6 +118,10 @@ class Statement:
         return self._row._make(values)  # type: ignore[union-attr]
 
 
+_FETCH_ONE = operator.methodcaller("fetchone")
+_FETCH_ALL = operator.methodcaller("fetchall")
+
+
 class Conn:
     """A DBAPI connection with the compiled statements of its database. ``invalidate`` is called when the driver
     reports the connection lost."""
@@ -128,37 +133,33 @@ class Conn:
         self.dbapi = dbapi
         self._invalidate = invalidate
 
-    def execute(self, statement: Any, params: Mapping[str, Any] | None = None) -> tuple[Statement, Any]:
-        """Run ``statement`` (a Core statement, compiled on first use) with ``params``; the compiled statement and
-        the driver's cursor."""
-        compiled = self.db.compiled(statement)
-        arguments = compiled.parameters(params)
-        try:
-            return compiled, self.dbapi.execute(compiled.sql, arguments)
-        except self.db.dbapi_error as error:
-            raise self.db.translate(error, compiled.sql, arguments, self._invalidate, self.dbapi) from error
-
-    def first(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
-        """The first row (a named tuple) or None."""
+    def _run(self, statement: Any, params: Mapping[str, Any] | None, fetch: Any = None) -> tuple[Statement, Any, Any]:
+        """Run ``statement`` with ``params`` and ``fetch(cursor)`` if given: the compiled statement, the cursor and
+        what was fetched. A driver error comes out as SQLAlchemy's exception for it."""
         compiled = self.db.compiled(statement)
         arguments = compiled.parameters(params)
         try:
             cursor = self.dbapi.execute(compiled.sql, arguments)
-            raw = cursor.fetchone()
+            fetched = fetch(cursor) if fetch is not None else None
         except self.db.dbapi_error as error:
             raise self.db.translate(error, compiled.sql, arguments, self._invalidate, self.dbapi) from error
+        return compiled, cursor, fetched
+
+    def execute(self, statement: Any, params: Mapping[str, Any] | None = None) -> tuple[Statement, Any]:
+        """Run ``statement`` (a Core statement, compiled on first use) with ``params``; the compiled statement and
+        the driver's cursor."""
+        compiled, cursor, _ = self._run(statement, params)
+        return compiled, cursor
+
+    def first(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
+        """The first row (a named tuple) or None."""
+        compiled, cursor, raw = self._run(statement, params, _FETCH_ONE)
         cursor.close()
         return None if raw is None else compiled.row(raw)
 
     def all(self, statement: Any, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row."""
-        compiled = self.db.compiled(statement)
-        arguments = compiled.parameters(params)
-        try:
-            cursor = self.dbapi.execute(compiled.sql, arguments)
-            raws = cursor.fetchall()
-        except self.db.dbapi_error as error:
-            raise self.db.translate(error, compiled.sql, arguments, self._invalidate, self.dbapi) from error
+        compiled, cursor, raws = self._run(statement, params, _FETCH_ALL)
         cursor.close()
         row = compiled.row
         return [row(raw) for raw in raws]

@@ -22,12 +22,13 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import sqlite3
 import threading
 from typing import Any
 
 log = logging.getLogger("jitcore")
 
-__all__ = ["WriteTurn", "write_turns", "connection_class"]
+__all__ = ["WriteTurn", "write_turns", "connection_class", "begin"]
 
 
 class WriteTurn:
@@ -101,6 +102,21 @@ class _Turn:
             os.close(self.descriptor)
         except OSError:
             pass
+
+
+def begin(conn: Any) -> None:
+    """The ``begin`` event of jitcore's SQLite engines: ``BEGIN`` for a transaction SQLAlchemy begins by itself (a
+    read), ``BEGIN IMMEDIATE`` for one the caller begins, and for any connection without the marker of
+    :func:`connection_class` (another SQLAlchemy, an ``engine.execution_options()`` copy): safe. Sent on the driver's
+    connection (through SQLAlchemy a statement costs several times as much); a driver error (the busy timeout ran
+    out) comes out as SQLAlchemy's exception for it."""
+    from sqlalchemy.exc import DBAPIError
+
+    sql = "BEGIN" if getattr(conn, "_jit_implicit_begin", False) else "BEGIN IMMEDIATE"
+    try:
+        conn.connection.dbapi_connection.execute(sql)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, (), exc, sqlite3.Error) from exc
 
 
 _CLASS: list[Any] = []

@@ -40,6 +40,7 @@ from elements.pays.services.PaySvc.ledger import (CAPTURED_PAYMENT, LIVE_PAYMENT
                                                   as_utc, payment_dict, refund_dict, utcnow)
 from elements.pays.services.PaySvc.rejections import DEFAULT_LIMITS as REJECTION_LIMITS
 from elements.pays.services.PaySvc.rejections import RejectionLimiter
+from elements.pays.services.PaySvc.routes import reply_response
 from elements.services.NormalType import NormalService
 from jitcore.errors import ArgumentError, ConfigError, ElementNotFound
 
@@ -622,11 +623,6 @@ class PaySvc(NormalService):
             raise OrderNotExist(f"no order {orderId}", details={"orderId": orderId})
         return order
 
-    def _pending_order(self, orderId: str) -> Row:
-        order = self._order(orderId)
-        self._require_pending(order)
-        return order
-
     @staticmethod
     def _require_pending(order: Row) -> None:
         if order.status in ("success", "refunded"):
@@ -637,8 +633,8 @@ class PaySvc(NormalService):
             raise OrderStateConflict(f"order {order.orderId} is {order.status}")
 
     @staticmethod
-    def _reply(reply: Any) -> Response:
-        return Response(reply.body, status_code=reply.status, media_type=reply.mediaType)
+    def _reply(reply: NotifyReply) -> Response:
+        return reply_response(reply)
 
 
 #: provider trade states that mean money was captured

@@ -356,15 +356,10 @@ class Ledger:
             rows = conn.all(OFFERED_PROVIDERS, {"orderId": order_id})
         return [provider for provider, _ in sorted(rows, key=lambda r: -r[1])]
 
-    def reusable_payment(self, order_id: str, provider: str, pay_type: str, valid_until: datetime) -> Row | None:
-        """The latest prepared trade of this kind whose pay URL is still valid at ``valid_until``."""
-        with self._reading() as conn:
-            return conn.first(REUSABLE_PAYMENT, {"orderId": order_id, "provider": provider, "payType": pay_type,
-                                                 "validUntil": valid_until})
-
     def order_and_offer(self, order_id: str, provider: str, pay_type: str,
                         valid_until: datetime) -> tuple[Row | None, Row | None]:
-        """The order (or None) and :meth:`reusable_payment`, read together (on PostgreSQL in one round trip)."""
+        """The order (or None) and its latest prepared trade with ``provider`` of ``pay_type`` whose pay URL is still
+        valid at ``valid_until`` (or None), read together (on PostgreSQL in one round trip)."""
         with self._reading() as conn:
             orders, offers = conn.many((ORDER_BY_ID, {"orderId": order_id}), (REUSABLE_PAYMENT, {
                 "orderId": order_id, "provider": provider, "payType": pay_type, "validUntil": valid_until}))
