@@ -45,12 +45,14 @@ DRAIN_SECONDS = 120.0
 
 
 def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def notification_body(order_id: str, serial: int, key: Any) -> bytes:
+    """A signed Alipay TRADE_SUCCESS notification of ``order_id`` as its form body."""
     fields = {"notify_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "notify_type": "trade_status_sync",
               "notify_id": f"h{serial}", "app_id": ALIPAY_APP_ID, "charset": "utf-8", "version": "1.0",
               "trade_no": f"2027{serial:016d}", "out_trade_no": order_id, "trade_status": "TRADE_SUCCESS",
@@ -186,10 +188,12 @@ async def _load(port: int, path: str, bodies: list[bytes], concurrency: int) -> 
 
 
 def load(port: int, path: str, bodies: list[bytes], concurrency: int) -> Result:
+    """Post ``bodies`` to ``path`` over ``concurrency`` keep-alive connections; the timings."""
     return asyncio.run(_load(port, path, bodies, concurrency))
 
 
 def due_jobs(url: str) -> int:
+    """Jobs of the database at ``url`` still due or running (the periodic sweep aside)."""
     from sqlalchemy import text
 
     engine = jitcore.app.create_engine(url)
@@ -217,6 +221,7 @@ class Side:
 
 
 def prepare_jitpay(directory: Path, path: Path, batches: list[int], key_serial: list[int]) -> Side:
+    """JitPay's side: orders and their signed notifications per batch, and ``jit serve --workers 2``."""
     side = Side("jit serve --workers 2")
     app = jitcore.load_app(path)
     side.url = app.database_url
@@ -232,6 +237,7 @@ def prepare_jitpay(directory: Path, path: Path, batches: list[int], key_serial: 
 
 
 def prepare_floor(directory: Path, database: str, batches: list[int], key_serial: list[int]) -> Side:
+    """The floor's side: its orders and signed notifications per batch, and the floor app served likewise."""
     from sqlalchemy import MetaData, Table
 
     from elements.pays.services.PaySvc.models import PayOrder
@@ -260,11 +266,13 @@ def prepare_floor(directory: Path, database: str, batches: list[int], key_serial
 
 
 def next_serial(counter: list[int]) -> int:
+    """The next serial number of ``counter`` (a one-element list)."""
     counter[0] += 1
     return counter[0]
 
 
 def run_side(side: Side, batch: int, path: str, concurrency: int, warmup: int, drain: bool) -> Result:
+    """One timed run of ``side`` after its warm-up; with ``drain``, until no job is due either."""
     assert side.server is not None
     bodies = side.bodies[batch]
     load(side.server.port, path, bodies[:warmup], concurrency)
@@ -281,6 +289,7 @@ def run_side(side: Side, batch: int, path: str, concurrency: int, warmup: int, d
 
 
 def wait_drained(url: str) -> None:
+    """Wait (at most DRAIN_SECONDS) until the database at ``url`` has no job due."""
     deadline = time.monotonic() + DRAIN_SECONDS
     while due_jobs(url) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -288,6 +297,7 @@ def wait_drained(url: str) -> None:
 
 def run(label: str, directory: Path, jitpay_db: str | None, floor_db: str, *, requests: int, concurrency: int,
         warmup: int, rounds: int) -> tuple[list[Bar], list[str]]:
+    """Both sides on one database, alternating ``rounds`` times (best kept): the bars and the report lines."""
     serial = [0]
     batches = [warmup + requests] * rounds
     floor = jitpay = None
@@ -349,6 +359,7 @@ def run_all(*, skip_postgres: bool, requests: int, concurrency: int, warmup: int
 
 
 def main() -> None:
+    """The HTTP bars on SQLite and (unless skipped) PostgreSQL."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-postgres", action="store_true")
     parser.add_argument("--requests", type=int, default=2000, help="timed notifications per run")

@@ -284,6 +284,7 @@ def run(database: str | None, label: str, directory: Path, *, rounds: int = 5,
 
 
 def run_all(*, skip_postgres: bool = False, rounds: int = 5, only: tuple[str, ...] = BENCHES) -> list[Bar]:
+    """The in-process bars on SQLite and (unless skipped) a durable PostgreSQL server."""
     bars = []
     # the repository's file system, like the app's own database (a tmpfs would make every fsync free)
     with tempfile.TemporaryDirectory(prefix=".bench-", dir=ROOT) as tmp:

@@ -90,6 +90,7 @@ class _Turn:
         self.depth = 0
 
     def give_back(self) -> None:
+        """One transaction of the thread ended; the last one ends the turn."""
         self.depth -= 1
         if self.depth == 0:
             try:
@@ -134,6 +135,8 @@ def connection_class() -> Any:
         found = None
         if all(callable(getattr(Connection, step, None)) for step in _STEPS):
             class SQLiteConnection(Connection):
+                """SQLAlchemy's ``Connection`` with jitcore's SQLite transactions (see :func:`connection_class`)."""
+
                 _jit_implicit_begin = False
                 _jit_turn: "_Turn | None" = None
 
