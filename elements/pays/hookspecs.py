@@ -61,3 +61,16 @@ def jit_payment_surplus(app: "App", order: dict[str, Any], payment: dict[str, An
 def jit_surplus_refunded(app: "App", order: dict[str, Any], payment: dict[str, Any], refund: dict[str, Any],
                          event: dict[str, Any]) -> None:
     """A refund of a surplus payment was confirmed: that money is back with the buyer. The order is unchanged."""
+
+
+@hookspec
+def jit_refund_failed(app: "App", order: dict[str, Any], refund: dict[str, Any], event: dict[str, Any]) -> None:
+    """A refund the provider had accepted did not reach the buyer. ``refund["status"]`` says how:
+
+    - ``refused`` (``errorCode`` ``REFUND_CLOSED``): the provider closed it; nothing was refunded, the money stayed
+      with the merchant and is refundable again (with a new ``refundId``). A surplus refund is tried again by
+      itself (at most :data:`~elements.pays.services.PaySvc.ledger.SURPLUS_REFUND_ATTEMPTS` times).
+    - ``abnormal``: the provider could not pay it back the way it came (WeChat Pay: the buyer's card was cancelled or
+      frozen); the money waits at the provider for the merchant's hand (WeChat Pay's merchant platform, Transactions
+      → refunds). The refund stays counted; JitPay keeps asking and confirms it (``jit_order_refunded``) once the
+      provider reports it refunded."""

@@ -23,6 +23,8 @@ from jitcore.element import Element
 from jitcore.errors import ConfigError
 
 TradeStatus = Literal["pending", "success", "failed", "closed", "refunded"]
+#: where a refund the provider accepted stands (:class:`RefundResult`)
+RefundStatus = Literal["success", "processing", "closed", "abnormal"]
 
 
 @dataclass(frozen=True)
@@ -77,16 +79,32 @@ class TradeState:
     #: which trade of the order this is about (the ``out_trade_no`` it was prepared with, see
     #: :attr:`PaymentPrep.reference`); ``None`` means the order id itself
     reference: str | None = None
+    #: a notification about one refund of the trade (WeChat Pay v3's ``REFUND.*``): its ``refundId`` (the
+    #: ``out_refund_no``). PaySvc then asks the provider where that refund stands (:meth:`PayProvider.refund_state`)
+    #: instead of waiting for its next follow-up.
+    refundId: str | None = None
 
 
 @dataclass(frozen=True)
 class RefundResult:
-    """The provider accepted a refund (``refundNo`` is its reference, when it gives one)."""
+    """A refund the provider accepted (``refundNo`` is its reference, when it gives one), and where it stands:
+
+    - ``success``: refunded;
+    - ``processing``: accepted, not finished (WeChat Pay: the money is on its way back). PaySvc keeps it counted
+      against the payment, not yet in the order's ``refundedAmount``, and asks :meth:`PayProvider.refund_state`
+      again until it is final;
+    - ``closed``: the provider gave up after accepting it: nothing was refunded, the money stayed with the merchant;
+    - ``abnormal``: the provider could not pay it back the way it came (WeChat Pay: the buyer's card was cancelled);
+      the money waits at the provider for the merchant's hand (WeChat Pay's merchant platform). Not final: PaySvc
+      keeps it counted, announces it, and confirms it once the provider reports it ``success``.
+
+    :meth:`PayProvider.refund` answers ``success`` or ``processing``; :meth:`PayProvider.refund_state` any of them."""
 
     refundId: str
     amount: Decimal
     refundNo: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    status: RefundStatus = "success"
 
 
 class NotifyHeaders(Mapping[str, str]):
@@ -243,8 +261,18 @@ class PayProvider(Element):
                reason: str | None = None) -> RefundResult:
         """Refund ``amount`` of one paid trade of the order, idempotent per ``refundId`` (the same id never refunds
         twice). The trade is ``order.tradeNo`` (with ``order.reference``); ``order.amount`` is what that trade
-        captured. ``totalRefunded`` is the sum of that trade's refunds including this one."""
+        captured. ``totalRefunded`` is the sum of that trade's refunds including this one. A refund the provider
+        accepted but has not finished is answered with ``status="processing"`` (then implement :meth:`refund_state`);
+        a definite refusal raises :class:`~elements.pays.errors.ProviderError`."""
         raise NotImplementedError
+
+    def refund_state(self, order: OrderView, refundId: str, amount: Decimal) -> RefundResult:
+        """Where refund ``refundId`` of ``amount`` (one this element accepted earlier, of the trade ``order.tradeNo``
+        / ``order.reference``) stands now: a :class:`RefundResult` with any status. PaySvc asks while the refund is
+        ``processing`` or ``abnormal``. A refund the provider does not know raises a
+        :class:`~elements.pays.errors.ProviderError` (PaySvc asks again later). The default, for providers whose
+        refunds are final when accepted: the refund succeeded."""
+        return RefundResult(refundId=refundId, amount=amount)
 
     def settle(self, order: OrderView, paidHere: bool) -> None:
         """The order has been paid (``order.tradeNo``), through this element (``paidHere``) or another: make

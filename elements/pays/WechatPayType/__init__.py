@@ -28,7 +28,7 @@ from elements.pays.errors import (NotifyInvalid, OrderIdInvalid, ProviderError, 
                                   SubjectInvalid, UnsupportedPayType)
 from elements.pays.helpers import cut_utf8
 from elements.pays.Meta import (NotifyReply, NotifyRequest, OrderView, PaymentPrep, PayProvider, RefundResult,
-                               TradeState, expiry_text)
+                               RefundStatus, TradeState, expiry_text)
 from elements.pays.money import from_fen, yuan_to_fen
 
 from .api import WechatApi, client_ssl_context
@@ -53,6 +53,9 @@ _OUT_TRADE_NO = re.compile(r"[A-Za-z0-9_\-|*]{1,32}")
 _CANONICAL_FEN = re.compile(r"(0|[1-9][0-9]*)")
 #: the only currency JitPay's amounts are in (WeChat's ``fee_type``)
 CURRENCY = "CNY"
+#: ``/pay/refundquery``'s ``refund_status_$n`` → :attr:`RefundResult.status`
+REFUND_STATUSES: dict[str, RefundStatus] = {"SUCCESS": "success", "PROCESSING": "processing", "REFUNDCLOSE": "closed",
+                                            "CHANGE": "abnormal"}
 #: The start of every MWEB ``out_trade_no`` (see :func:`mweb_out_trade_no`); order ids may not start with it.
 MWEB_PREFIX = "H-"
 _MWEB_DOMAIN = b"jitpay/wechat/MWEB/out_trade_no\x00"
@@ -316,7 +319,9 @@ class WechatPayType(PayProvider):
         with the merchant client certificate. The paid WeChat order is named by ``transaction_id=order.tradeNo``
         (whichever trade type was paid, either of two paid ones); without a ``tradeNo`` by ``out_trade_no`` =
         ``order.reference`` (default the order id: the NATIVE one). ``total_fee`` is ``order.amount``, what that
-        trade captured. Without ``certPath`` this fails before calling an ``https`` gateway."""
+        trade captured. Without ``certPath`` this fails before calling an ``https`` gateway. WeChat Pay's
+        ``SUCCESS`` says the refund was accepted, not that it is done: the answer is ``status="processing"`` and
+        :meth:`refund_state` says how it ends."""
         if not self.api.sslContext and self.settings.gateway.startswith("https://"):
             raise ProviderError(f"{self.fullName}: WeChat Pay refunds need the merchant API client certificate; set "
                                 f"certPath (and keyPath) in its config", provider_code="CERT_MISSING")
@@ -353,7 +358,39 @@ class WechatPayType(PayProvider):
         if refunded != Decimal(amount).quantize(Decimal("0.01")):
             raise ProviderError(f"WeChat Pay refunded {refunded} instead of {amount} for refund {refundId} (was this "
                                 f"refundId used before with another amount?)", provider_code="REFUND_MISMATCH")
-        return RefundResult(refundId=refundId, amount=refunded, refundNo=answer.get("refund_id"), raw=answer)
+        return RefundResult(refundId=refundId, amount=refunded, refundNo=answer.get("refund_id"), raw=answer,
+                            status="processing")
+
+    def refund_state(self, order: OrderView, refundId: str, amount: Decimal) -> RefundResult:
+        """``/pay/refundquery`` by ``out_refund_no``: that refund's ``refund_status_$n``, ``SUCCESS``,
+        ``PROCESSING``, ``REFUNDCLOSE`` (WeChat Pay gave up: nothing was refunded) or ``CHANGE`` (the buyer's account
+        could not take it: the money waits for the merchant platform), as the :class:`RefundResult` statuses
+        ``success``, ``processing``, ``closed``, ``abnormal``. An unknown refund is a :class:`ProviderError`
+        (``REFUNDNOTEXIST``); an answer about another trade, refund or amount one with an unknown outcome."""
+        answer = self.api.call("pay/refundquery", {"out_refund_no": refundId})
+        if order.tradeNo and answer.get("transaction_id") not in (None, "", order.tradeNo):
+            raise ProviderError("WeChat Pay answered a refund query with another trade's transaction_id",
+                                provider_code="INVALID_RESPONSE", details={"outcomeUnknown": True})
+        try:
+            count = int(answer.get("refund_count") or 0)
+        except ValueError:
+            count = 0
+        found = next((n for n in range(min(count, 100)) if answer.get(f"out_refund_no_{n}") == refundId), None)
+        if found is None:
+            raise ProviderError(f"WeChat Pay answered the query of refund {refundId} without it",
+                                provider_code="INVALID_RESPONSE", details={"outcomeUnknown": True})
+        try:
+            refunded = fen_to_yuan(answer.get(f"refund_fee_{found}"))
+        except ValueError:
+            raise ProviderError("WeChat Pay answered a refund query with a malformed refund_fee",
+                                provider_code="INVALID_RESPONSE", details={"outcomeUnknown": True}) from None
+        status = REFUND_STATUSES.get(answer.get(f"refund_status_{found}") or "")
+        if status is None:
+            raise ProviderError(f"WeChat Pay answered refund {refundId} with an unknown refund_status "
+                                f"{str(answer.get(f'refund_status_{found}'))[:32]!r}",
+                                provider_code="INVALID_RESPONSE", details={"outcomeUnknown": True})
+        return RefundResult(refundId=refundId, amount=refunded, refundNo=answer.get(f"refund_id_{found}") or None,
+                            raw=answer, status=status)
 
     # -- notifications --------------------------------------------------------------------------------------------
     def notify_url(self) -> str:

@@ -276,6 +276,34 @@ class WechatWalletSandbox(SandboxBase):
         when this call failed it; False when it was not payable; ``KeyError`` for an order the sandbox never saw."""
         return self._complete_by_reference(reference, paid=False)
 
+    #: while set, a new refund stays ``PROCESSING`` until :meth:`finish_refund` ends it (else it succeeds at once)
+    refunds_wait: bool = False
+
+    def finish_refund(self, out_refund_no: str, outcome: str = "SUCCESS") -> bool:
+        """End a refund that is ``PROCESSING`` (made while :attr:`refunds_wait` was set), as WeChat Pay does later:
+        ``SUCCESS`` (refunded), ``CLOSED`` (WeChat Pay gave up: nothing was refunded, the amount is refundable
+        again; v2 says ``REFUNDCLOSE``) or ``ABNORMAL`` (the buyer's account could not take it: not refunded; v2
+        says ``CHANGE``). An ``ABNORMAL`` refund can still become ``SUCCESS`` (the merchant handled it in the
+        merchant platform). v3 sends the ``REFUND.*`` callback. True when this call changed the refund; False when
+        it was final already; ``KeyError`` for a refund the sandbox never saw."""
+        if outcome not in ("SUCCESS", "CLOSED", "ABNORMAL"):
+            raise ValueError(f"a refund ends SUCCESS, CLOSED or ABNORMAL, not {outcome!r}")
+        with self._lock:
+            return self._finish_refund(out_refund_no, outcome)
+
+    def processing_refunds(self) -> list[str]:
+        """The ``out_refund_no`` of every refund still ``PROCESSING`` (or ``ABNORMAL``), oldest first."""
+        with self._lock:
+            return self._unfinished_refunds()
+
+    def _finish_refund(self, out_refund_no: str, outcome: str) -> bool:  # pragma: no cover - each has its own
+        """:meth:`finish_refund` with the lock held."""
+        raise NotImplementedError
+
+    def _unfinished_refunds(self) -> list[str]:  # pragma: no cover - each has its own
+        """:meth:`processing_refunds` with the lock held."""
+        raise NotImplementedError
+
     def _wallet_routes(self) -> list[BaseRoute]:
         """The wallet page and its two buttons."""
         return [

@@ -18,7 +18,9 @@ Differences from the real service, on purpose:
 - ``time_expire`` (``yyyyMMddHHmmss``, Beijing time) is enforced as WeChat does: an unpaid order past it is
   ``CLOSED`` and can no longer be paid, and ``unifiedorder`` refuses a ``time_expire`` less than
   ``timeExpireMinSeconds`` after the request (WeChat: 5 minutes; the setting defaults to 300 and tests lower it).
-- ``/secapi/pay/refund`` is plain HTTP, so the merchant client certificate cannot be checked; refunds complete at once.
+- ``/secapi/pay/refund`` is plain HTTP, so the merchant client certificate cannot be checked; refunds complete at once
+  (``SUCCESS`` in ``/pay/refundquery``) unless :attr:`~WechatSandbox.refunds_wait` is set: then they stay
+  ``PROCESSING`` until :meth:`~WechatSandbox.finish_refund` ends them (``SUCCESS``, ``REFUNDCLOSE``, ``CHANGE``).
 - Notifications are retried after ``notifyRetryDelays`` seconds (default 2, 5, 10, 30, 60), far shorter than
   WeChat's 15 s ... 60 min schedule.
 - Trades live in the memory of the serving process.
@@ -149,6 +151,8 @@ class _Refund:
     refund_id: str
     refund_fee: int
     success_time: str
+    #: SUCCESS, PROCESSING, REFUNDCLOSE (nothing refunded) or CHANGE (the buyer's account could not take it)
+    status: str = "SUCCESS"
 
 
 @dataclass
@@ -173,7 +177,12 @@ class _Trade:
 
     @property
     def refunded_fee(self) -> int:
-        return sum(r.refund_fee for r in self.refunds.values())
+        """What left the merchant: refunds made or on their way (not closed ones, nor those that came back)."""
+        return sum(r.refund_fee for r in self.refunds.values() if r.status in ("SUCCESS", "PROCESSING"))
+
+
+def _refund_time() -> str:
+    return datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _beijing_now() -> str:
@@ -423,7 +432,8 @@ class WechatSandbox(WechatWalletSandbox):
                 if trade.refunded_fee + refund_fee > trade.total_fee:
                     raise _BizFail("INVALID_REQUEST", "退款金额大于支付金额")
                 refund = _Refund(out_refund_no=fields["out_refund_no"], refund_id="50" + digits(27),
-                                 refund_fee=refund_fee, success_time=datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S"))
+                                 refund_fee=refund_fee, success_time="" if self.refunds_wait else _refund_time(),
+                                 status="PROCESSING" if self.refunds_wait else "SUCCESS")
                 trade.refunds[refund.out_refund_no] = refund
                 trade.state = "REFUND"
             return {"transaction_id": trade.transaction_id, "out_trade_no": trade.out_trade_no,
@@ -452,10 +462,27 @@ class WechatSandbox(WechatWalletSandbox):
                       "refund_fee": str(sum(r.refund_fee for r in refunds)), "refund_count": str(len(refunds))}
             for n, r in enumerate(refunds):
                 answer.update({f"out_refund_no_{n}": r.out_refund_no, f"refund_id_{n}": r.refund_id,
-                               f"refund_fee_{n}": str(r.refund_fee), f"refund_status_{n}": "SUCCESS",
-                               f"refund_success_time_{n}": r.success_time,
+                               f"refund_fee_{n}": str(r.refund_fee), f"refund_status_{n}": r.status,
                                f"refund_recv_accout_{n}": "支付用户的零钱"})
+                if r.success_time:
+                    answer[f"refund_success_time_{n}"] = r.success_time
             return answer
+
+    def _finish_refund(self, out_refund_no: str, outcome: str) -> bool:
+        refund = next((r for t in self._trades.values() for r in t.refunds.values()
+                       if r.out_refund_no == out_refund_no), None)
+        if refund is None:
+            raise KeyError(out_refund_no)
+        if refund.status not in ("PROCESSING", "CHANGE") or (refund.status == "CHANGE" and outcome != "SUCCESS"):
+            return False
+        refund.status = {"SUCCESS": "SUCCESS", "CLOSED": "REFUNDCLOSE", "ABNORMAL": "CHANGE"}[outcome]
+        if refund.status == "SUCCESS":
+            refund.success_time = _refund_time()
+        return True
+
+    def _unfinished_refunds(self) -> list[str]:
+        return [r.out_refund_no for t in self._trades.values() for r in t.refunds.values()
+                if r.status in ("PROCESSING", "CHANGE")]
 
     # -- the wallet ("scan with WeChat and pay"; the page and buttons are WechatWalletSandbox's) --------------------
     def _wallet_view(self, trade: _Trade) -> dict[str, Any]:

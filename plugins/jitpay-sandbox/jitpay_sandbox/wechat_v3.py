@@ -30,7 +30,8 @@ Differences from the real service, on purpose:
 - ``code_url`` / ``h5_url`` are ``http://`` URLs of the wallet page (``weixin://wxpay/bizpayurl?pr=...`` and
   ``wx.tenpay.com`` in production), built from the base URL the request came in on; ``notify_url`` may be ``http://``;
 - a refund is answered ``PROCESSING`` and is ``SUCCESS`` at once afterwards (``REFUND.SUCCESS`` goes to the refund's
-  ``notify_url`` when it names one);
+  ``notify_url`` when it names one); with :attr:`~WechatV3Sandbox.refunds_wait` set it stays ``PROCESSING`` until
+  :meth:`~WechatV3Sandbox.finish_refund` ends it (``SUCCESS``, ``CLOSED`` or ``ABNORMAL``, with its callback);
 - callbacks are retried after ``notifyRetryDelays`` seconds (default 2, 5, 10, 30, 60), far shorter than WeChat Pay's
   schedule over 24 hours; trades live in the memory of the serving process;
 - error codes for cases the public documentation leaves open (a paid order closed: ``ORDERPAID``; a reused
@@ -355,6 +356,7 @@ class _Trade:
 
     @property
     def refunded(self) -> int:
+        """What left the merchant: refunds made or on their way (not closed ones, nor abnormal ones)."""
         return sum(r.refund for r in self.refunds.values() if r.status in ("PROCESSING", "SUCCESS"))
 
 
@@ -737,11 +739,32 @@ class WechatV3Sandbox(WechatWalletSandbox):
             trade.refunds[out_refund_no] = record
             trade.state = "REFUND"
             answer = self._refund_json(trade, record)   # answered PROCESSING ...
-            record.status, record.success_time = "SUCCESS", _rfc3339()  # ... and done right after
-            if record.notify_url:
-                self._notify(trade, "REFUND.SUCCESS", "refund", self._refund_resource(trade, record), record.notify_url,
-                             record.notify_attempts)
+            if not self.refunds_wait:
+                self._end_refund(trade, record, "SUCCESS")  # ... and done right after
         return 200, answer
+
+    def _end_refund(self, trade: _Trade, record: _Refund, status: str) -> None:
+        """The refund ends ``status`` (SUCCESS, CLOSED, ABNORMAL); its callback goes to its ``notify_url``."""
+        record.status = status
+        if status == "SUCCESS":
+            record.success_time = _rfc3339()
+        if record.notify_url:
+            self._notify(trade, f"REFUND.{status}", "refund", self._refund_resource(trade, record), record.notify_url,
+                         record.notify_attempts)
+
+    def _finish_refund(self, out_refund_no: str, outcome: str) -> bool:
+        found = self._find_refund(out_refund_no)
+        if found is None:
+            raise KeyError(out_refund_no)
+        trade, record = found
+        if record.status not in ("PROCESSING", "ABNORMAL") or (record.status == "ABNORMAL" and outcome != "SUCCESS"):
+            return False
+        self._end_refund(trade, record, outcome)
+        return True
+
+    def _unfinished_refunds(self) -> list[str]:
+        return [r.out_refund_no for t in self._trades.values() for r in t.refunds.values()
+                if r.status in ("PROCESSING", "ABNORMAL")]
 
     def _refund_query(self, request: Request, data: Any) -> tuple[int, Any]:
         with self._lock:
@@ -842,7 +865,8 @@ class WechatV3Sandbox(WechatWalletSandbox):
 
     # -- callbacks ----------------------------------------------------------------------------------------------------
     def _callback_body(self, event: str, original_type: str, resource: Mapping[str, Any]) -> bytes:
-        summary = {"TRANSACTION.SUCCESS": "支付成功", "REFUND.SUCCESS": "退款成功"}.get(event, event)
+        summary = {"TRANSACTION.SUCCESS": "支付成功", "REFUND.SUCCESS": "退款成功", "REFUND.CLOSED": "退款关闭",
+                   "REFUND.ABNORMAL": "退款异常"}.get(event, event)
         plaintext = json.dumps(resource, ensure_ascii=False).encode("utf-8")
         body = {"id": str(uuid.uuid4()), "create_time": _rfc3339(), "resource_type": "encrypt-resource",
                 "event_type": event, "summary": summary,

@@ -32,7 +32,7 @@ from elements.pays.errors import (NotifyInvalid, OrderIdInvalid, ProviderError, 
                                   SubjectInvalid, UnsupportedPayType)
 from elements.pays.helpers import cut_utf8
 from elements.pays.Meta import (NotifyHeaders, NotifyReply, NotifyRequest, OrderView, PaymentPrep, PayProvider,
-                               RefundResult, TradeState, expiry_text)
+                               RefundResult, RefundStatus, TradeState, expiry_text)
 from elements.pays.money import from_fen, yuan_to_fen
 
 from .client import VerifyFailure, WechatV3Api
@@ -65,6 +65,9 @@ CALLBACK_HEADERS = ("Wechatpay-Serial", "Wechatpay-Signature", "Wechatpay-Timest
                     "Wechatpay-Signature-Type", "Request-ID")
 #: the refund events; the payment event is ``TRANSACTION.SUCCESS``
 REFUND_EVENTS = ("REFUND.SUCCESS", "REFUND.ABNORMAL", "REFUND.CLOSED")
+#: a refund's ``status`` as WeChat Pay reports it → :attr:`RefundResult.status`
+REFUND_STATUSES: dict[str, RefundStatus] = {"SUCCESS": "success", "PROCESSING": "processing", "CLOSED": "closed",
+                                            "ABNORMAL": "abnormal"}
 # error codes (both spellings seen in WeChat Pay's documentation, so either works)
 NOT_FOUND = ("ORDER_NOT_EXIST", "ORDERNOTEXIST")
 PAID = ("ORDERPAID", "ORDER_PAID")
@@ -295,16 +298,13 @@ class WechatPayV3Type(PayProvider):
         """``POST /v3/refund/domestic/refunds`` with ``out_refund_no=refundId`` (WeChat Pay refunds one
         ``out_refund_no`` once), naming the paid trade by ``transaction_id=order.tradeNo`` (else by
         ``out_trade_no`` = ``order.reference``, default the native one), ``amount: {refund, total, currency}`` with
-        ``total`` = ``order.amount``. ``PROCESSING`` and ``SUCCESS`` are accepted refunds; ``CLOSED`` is a refusal;
-        ``ABNORMAL`` (stuck at the bank) has an unknown outcome. When the outcome of the call is unknown, the
-        refund is looked up by its ``out_refund_no`` before giving up."""
+        ``total`` = ``order.amount``. ``SUCCESS`` is a refund made, ``PROCESSING`` one accepted and on its way
+        (``status="processing"``), ``ABNORMAL`` one accepted that the buyer's account could not take
+        (``status="abnormal"``); ``CLOSED`` is a refusal. When the outcome of the call is unknown, the refund is
+        looked up by its ``out_refund_no`` before giving up."""
         if not isinstance(refundId, str) or not _REFUND_ID.fullmatch(refundId):
             raise RefundInvalid("refundId must be 1 to 64 letters, digits or _-|*@ for WeChat Pay")
-        refs = out_trade_nos(order.orderId)
-        known_reference = order.reference in refs.values()
-        if order.reference is not None and not known_reference and not order.tradeNo:
-            raise RefundInvalid(f"{order.reference!r} is not a WeChat Pay v3 order of order {order.orderId}")
-        reference = order.reference if known_reference else refs["NATIVE"]
+        reference, checked_reference = self._refund_reference(order)
         fen, total = yuan_to_fen(amount), yuan_to_fen(order.amount)
         body: dict[str, Any] = ({"transaction_id": order.tradeNo} if order.tradeNo else {"out_trade_no": reference})
         body["out_refund_no"] = refundId
@@ -326,8 +326,29 @@ class WechatPayV3Type(PayProvider):
                 raise exc
             log.info("%s: refund %s was made although its answer was lost", self.fullName, refundId)
             data = found
-        return self._refund_result(order, refundId, fen, data, reference if known_reference or not order.tradeNo
-                                   else None)
+        return self._refund_result(order, refundId, fen, data, checked_reference)
+
+    def refund_state(self, order: OrderView, refundId: str, amount: Decimal) -> RefundResult:
+        """``GET /v3/refund/domestic/refunds/{out_refund_no}``: ``SUCCESS``, ``PROCESSING``, ``CLOSED`` (WeChat Pay
+        gave up: nothing was refunded) or ``ABNORMAL`` (the buyer's account could not take it: it waits for the
+        merchant platform) as the :class:`RefundResult` statuses of the same names. A refund WeChat Pay does not
+        know is a :class:`ProviderError` (``REFUND_NOT_FOUND``)."""
+        _, checked_reference = self._refund_reference(order)
+        data = self.query_refund(refundId)
+        if data is None:
+            raise ProviderError(f"WeChat Pay has no refund {refundId}", provider_code="REFUND_NOT_FOUND",
+                                details={"outcomeUnknown": True})
+        return self._refund_result(order, refundId, yuan_to_fen(amount), data, checked_reference, asked=True)
+
+    def _refund_reference(self, order: OrderView) -> tuple[str, str | None]:
+        """The ``out_trade_no`` a refund of the order's trade names (when it has no ``tradeNo``), and the one its
+        answer must carry (``None``: any; the ``tradeNo`` is checked instead)."""
+        refs = out_trade_nos(order.orderId)
+        known_reference = order.reference in refs.values()
+        if order.reference is not None and not known_reference and not order.tradeNo:
+            raise RefundInvalid(f"{order.reference!r} is not a WeChat Pay v3 order of order {order.orderId}")
+        reference = order.reference if known_reference else refs["NATIVE"]
+        return reference, (reference if known_reference or not order.tradeNo else None)
 
     def query_refund(self, refundId: str) -> dict[str, Any] | None:
         """``GET /v3/refund/domestic/refunds/{out_refund_no}``: WeChat Pay's record of refund ``refundId`` as it
@@ -337,7 +358,9 @@ class WechatPayV3Type(PayProvider):
         return None if answer.code in REFUND_NOT_FOUND else answer.data
 
     def _refund_result(self, order: OrderView, refundId: str, fen: int, data: Mapping[str, Any],
-                       reference: str | None) -> RefundResult:
+                       reference: str | None, *, asked: bool = False) -> RefundResult:
+        """WeChat Pay's record of a refund, checked against what was asked; ``asked``: an answer to a question
+        about an accepted refund (``CLOSED`` is then its end, not a refusal of a new refund)."""
         if data.get("out_refund_no") != refundId:
             raise ProviderError(f"WeChat Pay answered refund {refundId} about another refund",
                                 provider_code="INVALID_RESPONSE", details={"outcomeUnknown": True})
@@ -359,18 +382,14 @@ class WechatPayV3Type(PayProvider):
             raise ProviderError(f"WeChat Pay refunded {refunded} instead of {fen_to_yuan(fen)} for refund {refundId} "
                                 f"(was this refundId used before with another amount?)",
                                 provider_code="REFUND_MISMATCH")
-        if status == "CLOSED":
+        if status == "CLOSED" and not asked:
             raise ProviderError(f"WeChat Pay closed refund {refundId} without paying it", provider_code="REFUND_CLOSED")
-        if status == "ABNORMAL":
-            raise ProviderError(f"WeChat Pay refund {refundId} is ABNORMAL (the buyer's account could not take it); "
-                                f"it needs handling in the merchant platform", provider_code="REFUND_ABNORMAL",
-                                details={"outcomeUnknown": True})
-        if status not in ("SUCCESS", "PROCESSING"):
+        if status not in REFUND_STATUSES:
             raise ProviderError(f"WeChat Pay answered refund {refundId} with an unknown status "
                                 f"{str(status)[:32]!r}", provider_code="INVALID_RESPONSE",
                                 details={"outcomeUnknown": True})
         return RefundResult(refundId=refundId, amount=refunded, refundNo=data.get("refund_id") or None,
-                            raw=dict(data))
+                            raw=dict(data), status=REFUND_STATUSES[status])
 
     # -- notifications ----------------------------------------------------------------------------------------------
     def parse_notify(self, request: NotifyRequest) -> dict[str, Any]:
@@ -522,5 +541,7 @@ class WechatPayV3Type(PayProvider):
         except ValueError:
             raise NotifyInvalid("WeChat Pay refund callback has no readable amount.total") from None
         status = "refunded" if content.get("refund_status") == "SUCCESS" else "success"
+        refund_id = content.get("out_refund_no")
         return TradeState(orderId=orderId, status=status, tradeNo=tradeNo, paidAmount=total,  # type: ignore[arg-type]
-                          raw={**content, "callback": dict(meta)}, reference=out_trade_no)
+                          raw={**content, "callback": dict(meta)}, reference=out_trade_no,
+                          refundId=refund_id if isinstance(refund_id, str) and refund_id else None)

@@ -22,7 +22,7 @@ import re
 import secrets
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Mapping
 
@@ -33,11 +33,11 @@ from elements.pays.errors import (AmountMismatch, DuplicateOrder, NotifyInvalid,
                                   OrderNotExist, OrderPaid, OrderStateConflict, PayError, ProviderError,
                                   RefundInvalid, SignatureInvalid, SubjectInvalid, UnknownPayType,
                                   UnsupportedPayType)
-from elements.pays.Meta import NotifyReply, NotifyRequest, OrderView, PayProvider, TradeState
+from elements.pays.Meta import NotifyReply, NotifyRequest, OrderView, PayProvider, RefundResult, TradeState
 from elements.pays.money import from_fen, parse_amount, to_fen
 from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_order_id
-from elements.pays.services.PaySvc.ledger import (CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit, Ledger,
-                                                  as_utc, payment_dict, refund_dict, utcnow)
+from elements.pays.services.PaySvc.ledger import (ACCEPTED_REFUND, CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit,
+                                                  Ledger, as_utc, payment_dict, refund_dict, utcnow)
 from elements.pays.services.PaySvc.rejections import DEFAULT_LIMITS as REJECTION_LIMITS
 from elements.pays.services.PaySvc.rejections import RejectionLimiter
 from elements.pays.services.PaySvc.routes import reply_response
@@ -58,6 +58,16 @@ MIN_PAY_WINDOW = timedelta(minutes=6)
 REFRESH_INTERVAL = timedelta(seconds=15)
 REFRESH_SLOWS_AFTER = timedelta(minutes=10)
 REFRESH_INTERVAL_LATER = timedelta(minutes=2)
+
+
+def refund_question_delay(status: str, created_at: datetime | None, now: datetime) -> float:
+    """Seconds until the provider is asked again about a refund it accepted without finishing: every 5 minutes in
+    the refund's first hour, then hourly for a day, then every 6 hours; an ``abnormal`` one (it waits for the
+    merchant's hand) every 6 hours."""
+    age = now - (as_utc(created_at) or now)
+    if status == "abnormal" or age >= timedelta(days=1):
+        return 6 * 3600.0
+    return 300.0 if age < timedelta(hours=1) else 3600.0
 REFUND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: what no provider carries in a subject or a refund reason: C0 control characters but tab (line breaks included:
 #: both are one line), the noncharacters U+FFFE and U+FFFF (not XML) and lone surrogates (not UTF-8)
@@ -298,11 +308,10 @@ class PaySvc(NormalService):
                                "tradeNo": payment.tradeNo, "kind": refund.kind})
         try:
             provider = self.provider(payment.provider)
-            view = OrderView(orderId=order.orderId, subject=order.subject, amount=from_fen(payment.amountFen),
-                             createdAt=as_utc(order.createdAt), tradeNo=payment.tradeNo,  # type: ignore[arg-type]
-                             expiresAt=as_utc(order.expiresAt), reference=payment.reference)
+            view = self._payment_view(order, payment)
             result = provider.refund(view, refund.refundId, from_fen(refund.amountFen), from_fen(payment.reservedFen),
                                      refund.reason)
+            self._check_refund_result(refund, result)
         except ProviderError as exc:
             if outcome_unknown(exc):
                 self.ledger.refund_unknown(refund.id, exc.code, exc.message, audit, retry_in=60.0)
@@ -322,8 +331,63 @@ class PaySvc(NormalService):
                                 f"({type(exc).__name__}); its outcome is unknown: it stays counted and is asked "
                                 f"about again with the same refundId",
                                 details={"refundId": refund.refundId, "outcomeUnknown": True}) from exc
+        if result.status == "processing":  # many finish within moments: ask once right away
+            try:
+                result = self._refund_state(provider, view, refund)
+            except ProviderError:
+                pass  # accepted all the same; the follow-up job asks again
+        return self._apply_refund_result(refund, result, audit)
+
+    def follow_refund(self, refund: Row) -> Row:
+        """Ask the provider where a refund it accepted without finishing (``processing`` or ``abnormal``) stands, and
+        record the answer: confirmed, refused (the provider closed it: released and announced), or still accepted
+        (asked again later). A provider error is recorded and raised; nothing changes. Returns the refund as it is
+        afterwards."""
+        if refund.status not in ACCEPTED_REFUND:
+            return refund
+        payment = self.ledger.payment(refund.paymentId)
+        order = self.ledger.order(refund.orderId)
+        assert payment is not None and order is not None
+        audit = Audit("refund-state", provider=payment.provider,
+                      payload={"refundId": refund.refundId, "amount": str(from_fen(refund.amountFen)),
+                               "tradeNo": payment.tradeNo, "kind": refund.kind})
+        try:
+            result = self._refund_state(self.provider(payment.provider), self._payment_view(order, payment), refund)
+        except ProviderError as exc:
+            self.ledger.audit("refund-state", "provider-error", provider=payment.provider, order_id=order.orderId,
+                              error_code=exc.code, message=exc.message, payload=exc.details)
+            raise
+        return self._apply_refund_result(refund, result, audit)
+
+    def _refund_state(self, provider: PayProvider, view: OrderView, refund: Row) -> RefundResult:
+        result = provider.refund_state(view, refund.refundId, from_fen(refund.amountFen))
+        self._check_refund_result(refund, result)
+        return result
+
+    @staticmethod
+    def _check_refund_result(refund: Row, result: RefundResult) -> None:
+        """A provider's answer about another refund or another amount changes nothing."""
+        if result.refundId != refund.refundId or result.amount != from_fen(refund.amountFen):
+            raise ProviderError(f"the provider answered refund {refund.refundId} of {from_fen(refund.amountFen)} "
+                                f"with refund {result.refundId} of {result.amount}", provider_code="REFUND_MISMATCH",
+                                details={"refundId": refund.refundId, "outcomeUnknown": True})
+
+    def _apply_refund_result(self, refund: Row, result: RefundResult, audit: Audit) -> Row:
         audit.payload = {**audit.payload, **dict(result.raw)}
-        return self.ledger.confirm_refund(refund.id, result.refundNo, audit)
+        if result.status == "success":
+            return self.ledger.confirm_refund(refund.id, result.refundNo, audit)
+        if result.status == "closed":
+            return self.ledger.refuse_refund(refund.id, "REFUND_CLOSED", f"{refund.provider} closed refund "
+                                             f"{refund.refundId} after accepting it: nothing was refunded", audit)
+        return self.ledger.accept_refund(refund.id, result.refundNo, result.status, audit,
+                                         next_ask=refund_question_delay(result.status, refund.createdAt, utcnow()))
+
+    @staticmethod
+    def _payment_view(order: Row, payment: Row) -> OrderView:
+        """The order as a provider sees it when one of its payments is refunded."""
+        return OrderView(orderId=order.orderId, subject=order.subject, amount=from_fen(payment.amountFen),
+                         createdAt=as_utc(order.createdAt), tradeNo=payment.tradeNo,  # type: ignore[arg-type]
+                         expiresAt=as_utc(order.expiresAt), reference=payment.reference)
 
     # -- provider answers ---------------------------------------------------------------------------------------------
     def apply_trades(self, provider: PayProvider, order: Row, *, kind: str) -> list[TradeState]:
@@ -478,6 +542,8 @@ class PaySvc(NormalService):
                 error = error if isinstance(error, NotifyInvalid) else exc
                 continue
             ok, message = self.apply_state(provider, state, kind="notify", payload=fields)
+            if ok and state.refundId:
+                self._refund_notified(provider, state)
             return provider.notify_reply(ok, message)
         assert error is not None
         self.ledger.audit("notify", "rejected", provider=candidates[0].fullName, order_id=order_id,
@@ -485,6 +551,21 @@ class PaySvc(NormalService):
                           message=error.message, payload=fields if body is None else body, source=client,
                           bounded=True)
         return candidates[0].notify_reply(False, error.message)
+
+    def _refund_notified(self, provider: PayProvider, state: TradeState) -> None:
+        """A verified notification about one of our refunds: when the provider accepted it without finishing, ask
+        where it stands now rather than at its next follow-up (the notification's own words are not taken: the
+        answer to a question is)."""
+        if not ORDER_ID_RE.match(state.orderId or "") or not state.refundId:
+            return
+        refund = self.ledger.refund_by_id(state.orderId, state.refundId)
+        if refund is None or refund.provider != provider.fullName or refund.status not in ACCEPTED_REFUND:
+            return
+        try:
+            self.follow_refund(refund)
+        except PayError as exc:  # recorded; the refund's follow-up job asks again
+            log.warning("refund %s of order %s: asking %s after its notification failed: %s", refund.refundId,
+                        refund.orderId, provider.fullName, exc.message)
 
     def configured_providers(self) -> list[PayProvider]:
         """Every payment element the app configures (its YAML or its ``elementDirs`` declare or override it: a

@@ -7,9 +7,13 @@
 - ``pays.refund`` (refund): send an open refund (reserved, sent or unknown) to its provider with its own id, which
   the providers refund once; used for surplus refunds, for refunds whose outcome was unknown, and to finish a refund
   whose caller died.
+- ``pays.refund_state`` (refund): ask the provider where a refund it accepted without finishing (``processing``, or
+  ``abnormal``) stands and record the answer; while it is not final, asked again at the pace of
+  :func:`~elements.pays.services.PaySvc.refund_question_delay` (5 minutes, then hourly, then every 6 hours).
 - ``pays.sweep`` (every minute): ask the providers about trades that may have captured money without a
   notification reaching us (a bounded number per run, least recently checked first), expire trades whose order's
-  payment window is over, close pending orders that can no longer be paid, and restart refunds left open.
+  payment window is over, close pending orders that can no longer be paid, restart refunds left open and ask again
+  about accepted refunds whose follow-up stopped.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Row
 
 from elements.pays.errors import PayError, ProviderError
-from elements.pays.services.PaySvc.ledger import (JOB_CLOSE_TRADES, JOB_REFUND, LIVE_PAYMENT, OPEN_REFUND, PAID_ORDER,
-                                                  Audit, as_utc, utcnow)
+from elements.pays.services.PaySvc.ledger import (ACCEPTED_REFUND, JOB_CLOSE_TRADES, JOB_REFUND, JOB_REFUND_STATE,
+                                                  LIVE_PAYMENT, OPEN_REFUND, PAID_ORDER, Audit, as_utc, utcnow)
 from jitcore.jobs import JobKind, RetryLater
 
 if TYPE_CHECKING:
@@ -58,6 +62,9 @@ def job_kinds(app: "App", *, sweep: bool) -> dict[str, JobKind]:
         JOB_CLOSE_TRADES: JobKind(handler=_close_trades_job, maxAttempts=30, backoffSeconds=30.0,
                                   maxBackoffSeconds=3600.0),
         JOB_REFUND: JobKind(handler=_refund_job, maxAttempts=40, backoffSeconds=30.0, maxBackoffSeconds=6 * 3600.0),
+        # about a year of questions at the slowest pace; the sweep starts a new one should it end dead
+        JOB_REFUND_STATE: JobKind(handler=_refund_state_job, maxAttempts=1500, backoffSeconds=300.0,
+                                  maxBackoffSeconds=6 * 3600.0),
     }
     if sweep:
         kinds[JOB_SWEEP] = JobKind(handler=_sweep_job, maxAttempts=3, backoffSeconds=30.0, every=SWEEP_EVERY)
@@ -143,6 +150,22 @@ def _refund_job(app: "App", payload: dict[str, Any], job: "Job") -> None:
         log.error("refund %s of order %s failed: %s", refund.refundId, refund.orderId, exc.message)
 
 
+def _refund_state_job(app: "App", payload: dict[str, Any], job: "Job") -> None:
+    svc = _service(app)
+    refund = svc.ledger.refund(int(payload["refund"]))
+    if refund is None or refund.status not in ACCEPTED_REFUND:
+        return
+    try:
+        after = svc.follow_refund(refund)
+    except ProviderError as exc:
+        raise RetryLater(f"refund {refund.refundId}: {exc.message}") from exc  # the kind's backoff
+    if after.status in ACCEPTED_REFUND:
+        from elements.pays.services.PaySvc import refund_question_delay
+
+        raise RetryLater(f"refund {refund.refundId} is {after.status}",
+                         delay=refund_question_delay(after.status, after.createdAt, utcnow()))
+
+
 # -- the sweep --------------------------------------------------------------------------------------------------------
 def _sweep_job(app: "App", payload: dict[str, Any], job: "Job") -> None:
     sweep(_service(app))
@@ -183,6 +206,10 @@ def sweep(svc: "PaySvc", *, min_age: timedelta = SWEEP_MIN_AGE, recheck: timedel
     if stale:
         with svc.app.engine.begin() as conn:
             for refund in stale:
-                svc.app.jobs.enqueue(conn, JOB_REFUND, {"refund": refund.id}, dedupeKey=f"refund:{refund.id}")
+                if refund.status in ACCEPTED_REFUND:
+                    svc.app.jobs.enqueue(conn, JOB_REFUND_STATE, {"refund": refund.id},
+                                         dedupeKey=f"refund-state:{refund.id}")
+                else:
+                    svc.app.jobs.enqueue(conn, JOB_REFUND, {"refund": refund.id}, dedupeKey=f"refund:{refund.id}")
         svc.app.jobs.wake()
     return len(candidates)

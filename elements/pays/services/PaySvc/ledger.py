@@ -52,13 +52,23 @@ PAID_ORDER = ("success", "refunded")
 #: payment states in which the trade may still capture money (until the order's expiry has passed)
 LIVE_PAYMENT = ("prepared", "closed", "failed")
 CAPTURED_PAYMENT = ("paid", "refunded")
-#: refund states still counted against the payment but not yet final
+#: refund states still counted against the payment but not yet final: not yet accepted by the provider (sent, or
+#: sent again, with the same refundId until it is)
 OPEN_REFUND = ("reserved", "sent", "unknown")
+#: refund states the provider accepted without finishing (WeChat Pay's PROCESSING, and ABNORMAL: its money waits at
+#: the provider for the merchant's hand): still counted against the payment, asked about (never sent again) until
+#: the provider reports them refunded or closed
+ACCEPTED_REFUND = ("processing", "abnormal")
+NOT_FINAL_REFUND = OPEN_REFUND + ACCEPTED_REFUND
+#: how many refunds of one surplus payment PaySvc makes by itself when the provider closes them after accepting
+SURPLUS_REFUND_ATTEMPTS = 3
 PAYLOAD_LIMIT = 65536
 
 #: job kinds the ledger enqueues (handlers in :mod:`.background`)
 JOB_CLOSE_TRADES = "pays.close_trades"
 JOB_REFUND = "pays.refund"
+#: asks the provider where an accepted refund stands (handler in :mod:`.background`)
+JOB_REFUND_STATE = "pays.refund_state"
 #: seconds after a refund is reserved at which its job makes sure it was finished (and retries an unknown outcome)
 REFUND_FOLLOW_UP = 60.0
 
@@ -376,9 +386,10 @@ class Ledger:
                 .limit(limit)).all())
 
     def stale_refunds(self, updated_before: datetime, limit: int) -> list[Row]:
-        """Refunds still open (reserved, sent, unknown) and untouched since ``updated_before``."""
+        """Refunds not final (open: reserved, sent, unknown; or accepted: processing, abnormal) and untouched since
+        ``updated_before``."""
         with self._read() as conn:
-            return list(conn.execute(select(REFUNDS).where(REFUNDS.c.status.in_(OPEN_REFUND),
+            return list(conn.execute(select(REFUNDS).where(REFUNDS.c.status.in_(NOT_FINAL_REFUND),
                                                            REFUNDS.c.updatedAt < updated_before)
                                      .order_by(REFUNDS.c.id).limit(limit)).all())
 
@@ -701,9 +712,10 @@ class Ledger:
             refund = self._refund(conn, refund_row_id)
             assert refund is not None
             self._order(conn, refund.orderId, lock=True)
-            moved = conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status.in_(OPEN_REFUND))
-                                 .values(status="confirmed", refundNo=refund_no, errorCode=None, errorMessage=None,
-                                         updatedAt=now)).rowcount == 1
+            moved = conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id,
+                                                       REFUNDS.c.status.in_(NOT_FINAL_REFUND))
+                                 .values(status="confirmed", refundNo=refund_no or refund.refundNo, errorCode=None,
+                                         errorMessage=None, updatedAt=now)).rowcount == 1
             if not moved:
                 return refund
             conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == refund.paymentId)
@@ -737,19 +749,82 @@ class Ledger:
             return refund
 
     def refuse_refund(self, refund_row_id: int, code: str, message: str, audit: Audit) -> Row:
-        """The provider definitely did not refund: the reservation is released."""
+        """The provider definitely did not refund: the reservation is released. A refund the provider had accepted
+        and then closed is announced (``jit_refund_failed``); a surplus refund closed so is made again with a new
+        refundId (at most :data:`SURPLUS_REFUND_ATTEMPTS` in all), unless the app keeps surplus money."""
         with self._write() as tx:
-            refund = self._refund(tx.conn, refund_row_id)
+            conn = tx.conn
+            refund = self._refund(conn, refund_row_id)
             assert refund is not None
-            if tx.conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status.in_(OPEN_REFUND))
-                               .values(status="refused", errorCode=code[:64], errorMessage=storable_text(message),
-                                       updatedAt=utcnow())).rowcount == 1:
-                tx.conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == refund.paymentId)
-                                .values(reservedFen=PAYMENTS.c.reservedFen - refund.amountFen, updatedAt=utcnow()))
+            if refund.status in ACCEPTED_REFUND:
+                self._order(conn, refund.orderId, lock=True)  # one change of the order's refunds at a time
+            if conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status.in_(NOT_FINAL_REFUND))
+                            .values(status="refused", errorCode=code[:64], errorMessage=storable_text(message),
+                                    updatedAt=utcnow())).rowcount == 1:
+                conn.execute(update(PAYMENTS).where(PAYMENTS.c.id == refund.paymentId)
+                             .values(reservedFen=PAYMENTS.c.reservedFen - refund.amountFen, updatedAt=utcnow()))
                 self._audit(tx, audit.values("refused", refund.orderId, error_code=code, message=message))
-            found = self._refund(tx.conn, refund.id)
+                if refund.status in ACCEPTED_REFUND:
+                    self._refund_failed(tx, refund.id)
+            found = self._refund(conn, refund.id)
             assert found is not None
             return found
+
+    def accept_refund(self, refund_row_id: int, refund_no: str | None, status: str, audit: Audit,
+                      *, next_ask: float) -> Row:
+        """The provider accepted the refund without finishing it: ``processing`` (on its way), or ``abnormal`` (it
+        could not be paid back the way it came; announced as ``jit_refund_failed``). It stays counted against the
+        payment, not in the order's ``refundedAmount``, and a job asks the provider again in ``next_ask`` seconds.
+        A refund already final is returned unchanged."""
+        assert status in ACCEPTED_REFUND
+        now = utcnow()
+        with self._write() as tx:
+            conn = tx.conn
+            refund = self._refund(conn, refund_row_id)
+            assert refund is not None
+            if refund.status not in NOT_FINAL_REFUND:
+                return refund
+            if refund.status != status:
+                conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status == refund.status)
+                             .values(status=status, refundNo=refund_no or refund.refundNo,
+                                     errorCode="REFUND_ABNORMAL" if status == "abnormal" else None,
+                                     errorMessage=None, updatedAt=now))
+                self._audit(tx, audit.values(f"refund {status}", refund.orderId,
+                                             error_code="REFUND_ABNORMAL" if status == "abnormal" else None))
+                if status == "abnormal":
+                    self._refund_failed(tx, refund.id)
+            # the refund's follow-up (when one is already waiting, that one asks)
+            self._enqueue(tx, JOB_REFUND_STATE, {"refund": refund.id}, delay=next_ask,
+                          dedupeKey=f"refund-state:{refund.id}")
+            found = self._refund(conn, refund.id)
+            assert found is not None
+            return found
+
+    def _refund_failed(self, tx: _Tx, refund_row_id: int) -> None:
+        """Announce a refund the provider had accepted that did not reach the buyer; a closed surplus refund is made
+        again (see :meth:`refuse_refund`)."""
+        conn = tx.conn
+        refund = self._refund(conn, refund_row_id)
+        order = self._order(conn, refund.orderId) if refund is not None else None
+        assert refund is not None and order is not None
+        self._publish(tx, "jit_refund_failed", order.orderId, order=self.order_dict(order),
+                      refund=refund_dict(refund))
+        if refund.status != "refused" or refund.kind != "surplus" or self.surplus != "refund":
+            return
+        made = conn.execute(select(func.count()).select_from(REFUNDS).where(
+            REFUNDS.c.paymentId == refund.paymentId, REFUNDS.c.kind == "surplus")).scalar_one()
+        payment = self._payment(conn, refund.paymentId)
+        assert payment is not None
+        if made >= SURPLUS_REFUND_ATTEMPTS:
+            self._audit(tx, Audit("refund", provider=refund.provider).values(
+                "surplus-kept", order.orderId, error_code="SURPLUS_REFUND_FAILED",
+                message=f"{made} refunds of surplus payment {payment.id} were closed by {refund.provider}; refund it "
+                        f"with PaySvc.refund(orderId, paymentId={payment.id})"))
+            return
+        left = payment.amountFen - payment.reservedFen
+        if left > 0:
+            self._reserve(tx, order, payment, refund_id=f"SURPLUS-{payment.id}-{made + 1}", fen=left,
+                          reason="surplus payment returned", kind="surplus", retry_now=True)
 
     def refund_unknown(self, refund_row_id: int, code: str, message: str, audit: Audit, retry_in: float) -> Row:
         """Whether the provider refunded is unknown: the refund stays counted, and its job asks again with the same
