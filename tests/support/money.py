@@ -96,6 +96,11 @@ def jit_surplus_refunded(app: Any, order: dict[str, Any], payment: dict[str, Any
     _record("surplus-refunded", order, event, payment=payment, refund=refund)
 
 
+@hookimpl
+def jit_refund_failed(app: Any, order: dict[str, Any], refund: dict[str, Any], event: dict[str, Any]) -> None:
+    _record("refund-failed", order, event, refund=refund)
+
+
 def events(order_id: str) -> list[Event]:
     """The events delivered about one order, in delivery order."""
     with _events_lock:

@@ -177,6 +177,32 @@ def test_partial_and_full_refund(live_v3: LiveApp) -> None:
     assert status(live, order_id) == "refunded"
 
 
+def test_refund_callbacks_make_paysvc_ask_where_a_refund_stands(live_v3: LiveApp) -> None:
+    live = live_v3
+    sandbox = sandbox_of(live.app, "wechatV3")
+    sandbox.refunds_wait = True  # refunds stay PROCESSING until the test ends them
+    order_id = create(live, "10.00")
+    pay_in_wallet(call(live, "getPayUrl", orderId=order_id, fullName=V3, payType="pc")["payUrl"])
+    wait_for(lambda: status(live, order_id) == "success")
+
+    def refund(refund_id: str) -> dict[str, Any]:
+        [found] = [r for r in call(live, "query", orderId=order_id)["refunds"] if r["refundId"] == refund_id]
+        return found
+
+    assert call(live, "refund", orderId=order_id, refundId="RC1")["status"] == "processing"
+    assert status(live, order_id) == "success"
+    assert sandbox.finish_refund("RC1", "CLOSED")  # REFUND.CLOSED reaches the notify route: PaySvc asks, records
+    closed = wait_for(lambda: (r := refund("RC1"))["status"] == "refused" and r)
+    assert closed["error"]["code"] == "REFUND_CLOSED" and status(live, order_id) == "success"
+
+    assert call(live, "refund", orderId=order_id, refundId="RC2")["status"] == "processing"  # refundable again
+    assert sandbox.finish_refund("RC2", "SUCCESS")
+    wait_for(lambda: refund("RC2")["status"] == "confirmed")
+    assert status(live, order_id) == "refunded"
+    reference = out_trade_nos(order_id)["NATIVE"]
+    assert sandbox.refunded(reference) == sandbox.captured(reference) == Decimal("10.00")
+
+
 def test_a_migration_with_callbacks_signed_by_either_key(tmp_path: Path, v3_keys: Path) -> None:
     # the merchant has both keys configured; WeChat Pay signs callbacks with either while it moves the merchant
     with start_v3_app(tmp_path, v3_keys, "both", sandbox={"callbackSigner": "certificate"}) as live:
