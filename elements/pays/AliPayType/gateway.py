@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+import string
 import threading
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -82,6 +83,26 @@ def parse_amount(text: Any) -> Decimal | None:
         return None
 
 
+#: how ``urllib.parse.quote_plus`` writes each byte of UTF-8 text: letters, digits and ``_.-~`` as they are, a space
+#: as ``+``, every other byte as ``%XX`` (upper-case hex); indexed by the byte
+_FORM_QUOTED = tuple(chr(byte) if chr(byte) in string.ascii_letters + string.digits + "_.-~"
+                     else "+" if byte == 0x20 else f"%{byte:02X}" for byte in range(256))
+
+
+def form_quote(text: str) -> str:
+    """``urllib.parse.quote_plus(text)``, character for character, in one pass of C code: the UTF-8 bytes of
+    ``text`` (read as Latin-1, one character per byte) mapped through :data:`_FORM_QUOTED` by ``str.translate``.
+    Text that is not valid UTF-8 (a lone surrogate) raises :class:`UnicodeEncodeError`, as ``quote_plus`` does."""
+    return text.encode("utf-8").decode("latin-1").translate(_FORM_QUOTED)
+
+
+def form_encode(params: Mapping[str, str]) -> str:
+    """``urllib.parse.urlencode(params)`` for text keys and values (``k=v`` joined with ``&``, each quoted by
+    :func:`form_quote`), the same text at about a third of the cost: it is most of the CPU of a payment link apart
+    from its signature."""
+    return "&".join([form_quote(key) + "=" + form_quote(value) for key, value in params.items()])
+
+
 def dump_biz_content(biz: Mapping[str, Any]) -> str:
     """``biz_content`` as compact JSON, non-ASCII kept as is (what Alipay's own SDKs send)."""
     return json.dumps(dict(biz), ensure_ascii=False, separators=(",", ":"))
@@ -137,7 +158,7 @@ class AlipayGateway:
         signed parameters, URL-encoded, in its query string. Nothing is sent."""
         params = self.signed_params(method, biz, notify_url=notify_url, return_url=return_url)
         separator = "&" if urlsplit(self.gateway).query else "?"
-        return self.gateway + separator + urlencode(params)
+        return self.gateway + separator + form_encode(params)
 
     # -- calling the gateway ----------------------------------------------------------------------------------------
     def _http(self) -> httpx.Client:
