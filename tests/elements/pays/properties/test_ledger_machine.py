@@ -3,9 +3,11 @@
 Random interleavings of: creating orders; ``getPayUrl`` with Alipay and both WeChat Pay trade types; the buyer
 paying (or failing) any trade at any time, also after close, after another payment, after a refund, or every trade
 of one order at once; notifications delivered, dropped, duplicated and reordered; ``check``; ``close``; refunds
-(partial, full, repeated ids); job runs; and a process restart. When a run ends, the jobs are drained (the periodic
-sweep asks the providers about every trade that may have captured money, since notifications may have been dropped)
-and then, for every order:
+(partial, full, repeated ids); WeChat Pay refunds that stay ``PROCESSING`` and end later ``SUCCESS``, ``CLOSED`` or
+``ABNORMAL``; job runs; and a process restart. When a run ends, WeChat Pay ends the refunds still on their way,
+the jobs are drained on a clock hours ahead (the periodic sweep asks the providers about every trade that may have
+captured money, since notifications may have been dropped; refunds on their way are asked about) and then, for every
+order:
 
 - the money invariant, as :func:`tests.support.money.assert_money_invariant` checks it for the scenario tests: what
   the *sandbox* captured minus what it refunded, over all the order's trades, equals ``amount - refundedAmount`` if
@@ -39,7 +41,7 @@ from elements.pays.errors import PayError
 from elements.pays.WechatPayType import mweb_out_trade_no
 from jitpay_sandbox.registry import sandbox_of
 from tests.support.live import LiveApp, start_live_app
-from tests.support.money import assert_money_invariant
+from tests.support.money import assert_money_invariant, jobs_clock_ahead
 
 PAYSVC = "pays.services.PaySvc"
 ALIPAY, WECHAT = "pays.AliPayType", "pays.WechatPayType"
@@ -83,6 +85,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.trade_keys: dict[tuple[str, str], tuple[str, bool, str]] = {}
         self.pending: list[Any] = []    # notifications taken from the sandboxes, not delivered yet
         self.delivered: list[Any] = []
+        self.world.sandbox("wechat").refunds_wait = True  # until a rule says otherwise
 
     @property
     def pay(self) -> Any:
@@ -143,6 +146,42 @@ class LedgerMachine(RuleBasedStateMachine):
         except PayError as exc:
             self._refusal(exc)
 
+    @rule(wait=st.booleans())
+    def wechat_refunds_wait(self, wait: bool) -> None:
+        """WeChat Pay's refunds from now on stay PROCESSING until it ends them (or succeed at once)."""
+        self.world.sandbox("wechat").refunds_wait = wait
+
+    @precondition(lambda self: self.world.sandbox("wechat").processing_refunds())
+    @rule(pick=PICK, outcome=st.sampled_from(["SUCCESS", "CLOSED", "ABNORMAL"]))
+    def wechat_ends_refund(self, pick: int, outcome: str) -> None:
+        """WeChat Pay ends a refund on its way: refunded, closed (nothing refunded) or abnormal (an abnormal one may
+        still succeed)."""
+        waiting = self.world.sandbox("wechat").processing_refunds()
+        self.world.sandbox("wechat").finish_refund(waiting[pick % len(waiting)], outcome)
+
+    @rule(target=orders, how=st.sampled_from(["rest", "half"]), outcome=st.sampled_from(["SUCCESS", "CLOSED",
+                                                                                        "ABNORMAL"]))
+    def wechat_refund_takes_time(self, how: str, outcome: str) -> str:
+        """A new order paid with WeChat Pay is refunded while WeChat Pay's refunds take time, and WeChat Pay ends
+        that refund (so that every run meets refunds on their way, not only when the dice line them up)."""
+        order = self.create("12.34")
+        self.get_pay_url(order, (WECHAT, "pc"))
+        wechat = self.world.sandbox("wechat")
+        wechat.refunds_wait = True
+        wechat.pay(order)
+        notes = wechat.take_notifications()
+        for note in notes:
+            if note.reference == order:
+                assert note.deliver().status_code == 200
+                self.delivered.append(note)
+            else:
+                self.pending.append(note)
+        self.refund(order, how, None)
+        for refund in self.pay.query(orderId=order)["refunds"]:
+            if refund["status"] == "processing":
+                wechat.finish_refund(refund["refundId"], outcome)
+        return order
+
     @rule()
     def run_jobs(self) -> None:
         self.world.app.jobs.run_until_idle()
@@ -202,9 +241,18 @@ class LedgerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         app = self.world.app
         svc = self.svc
+        wechat = self.world.sandbox("wechat")
+        wechat.refunds_wait = False
+        # WeChat Pay ends what is still on its way: every other one closed, the rest (and abnormal ones) refunded
+        for n, refund in enumerate(wechat.processing_refunds()):
+            if not (n % 2 == 0 and wechat.finish_refund(refund, "CLOSED")):
+                wechat.finish_refund(refund, "SUCCESS")
+        ahead = timedelta(0)
         for _ in range(3):  # nothing depends on a notification: the sweep finds what was dropped
             svc.sweep(min_age=timedelta(0), recheck=timedelta(0), limit=10_000)
-            app.jobs.run_until_idle()
+            ahead += timedelta(hours=7)  # past every follow-up's delay (refunds on their way: up to 6 hours)
+            with jobs_clock_ahead(ahead):
+                app.jobs.run_until_idle()
         # the sweeps above drained the jobs; the invariant is asked of the app as it is now (after any restart)
         assert_money_invariant(self.world.live, *self.my_orders, drained=True, app=app)
         self._check_events()
