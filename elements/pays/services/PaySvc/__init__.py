@@ -205,7 +205,12 @@ class PaySvc(NormalService):
                reason: str | None = None, paymentId: int | None = None) -> dict[str, Any]:
         """Refund ``amount`` (default: all that is left) of the order's accepted payment, or of payment
         ``paymentId`` (a surplus the app keeps). Idempotent per ``refundId``: the same id always returns the same
-        refund. Never more than a payment captured, whatever runs concurrently."""
+        refund. Never more than a payment captured, whatever runs concurrently.
+
+        Returns the refund: ``confirmed`` (refunded: in the order's ``refundedAmount``, announced as
+        ``jit_order_refunded``), or ``processing`` when the provider accepted it and finishes it later (WeChat Pay):
+        counted against the payment at once, in ``refundedAmount`` once the provider reports it refunded (a job asks);
+        should the provider close it instead, it becomes ``refused`` and ``jit_refund_failed`` is announced."""
         if reason is not None:
             self._check_text("refund", "reason", reason)
         order = self._order(orderId)
