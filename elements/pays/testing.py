@@ -20,8 +20,9 @@ docs/PROVIDERS.md promises: forged, tampered, wrong-amount and wrong-merchant no
 recorded in the audit log; duplicates are idempotent; statuses map as documented; refunds are idempotent per id;
 errors carry codes; money a closed order did not need goes back. A provider whose payments can fail (the provider
 reports a trade failed) includes :class:`FailedPaymentConformance` as well; one whose payments cannot (Alipay: a
-trade is paid, pending or closed) leaves it out, so nothing is skipped for it. A gateway that cannot simulate an
-outage skips that one test, saying why.
+trade is paid, pending or closed) leaves it out, so nothing is skipped for it. Likewise a provider whose refunds can
+finish after the refund call (``RefundResult.status`` ``processing``: WeChat Pay) includes
+:class:`LateRefundConformance`. A gateway that cannot simulate an outage skips that one test, saying why.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import pytest
 from elements.pays.errors import PayError
 from elements.pays.Meta import NotifyReply, NotifyRequest, PayProvider
 
-__all__ = ["ConformanceGateway", "ConformanceSetup", "ProviderConformance", "FailedPaymentConformance", "Delivered"]
+__all__ = ["ConformanceGateway", "ConformanceSetup", "ProviderConformance", "FailedPaymentConformance",
+           "LateRefundConformance", "Delivered"]
 
 PAYSVC = "pays.services.PaySvc"
 PROVIDER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -83,6 +85,16 @@ class ConformanceGateway:
         """A context in which the gateway cannot be reached or answers 5xx. Optional."""
         raise NotImplementedError
 
+    def refunds_wait(self, wait: bool) -> None:
+        """While ``wait``, the gateway accepts new refunds without finishing them (until :meth:`end_refund`). Needed
+        by :class:`LateRefundConformance` only."""
+        raise NotImplementedError
+
+    def end_refund(self, refundId: str, outcome: Literal["success", "closed", "abnormal"]) -> None:
+        """The gateway ends an accepted refund: refunded, closed (nothing refunded) or abnormal (not refunded; an
+        abnormal refund may still end ``success``). Needed by :class:`LateRefundConformance` only."""
+        raise NotImplementedError
+
 
 @dataclass
 class ConformanceSetup:
@@ -114,7 +126,8 @@ class Delivered:
 
 class ProviderConformance:
     """The conformance tests. Subclass it as ``Test...`` and give the fixture ``conformance`` (a
-    :class:`ConformanceSetup`); add :class:`FailedPaymentConformance` when the provider's payments can fail."""
+    :class:`ConformanceSetup`); add :class:`FailedPaymentConformance` when the provider's payments can fail, and
+    :class:`LateRefundConformance` when its refunds can finish after the refund call."""
 
     # -- helpers ------------------------------------------------------------------------------------------------------
     @pytest.fixture
@@ -136,6 +149,9 @@ class ProviderConformance:
         if type(kit.gateway).fail is not ConformanceGateway.fail:
             assert isinstance(self, FailedPaymentConformance), \
                 "the gateway can make a payment fail: include FailedPaymentConformance in the test class"
+        if type(provider).refund_state is not PayProvider.refund_state:
+            assert isinstance(self, LateRefundConformance), \
+                "the provider follows refunds that finish later (refund_state): include LateRefundConformance"
 
     def test_prepare_offers_a_trade_that_ends_with_the_order(self, kit: "Kit") -> None:
         order = kit.create()
@@ -292,6 +308,60 @@ class FailedPaymentConformance:
         assert [p["status"] for p in after["payments"] if p["reference"] == reference] == ["failed"]
 
 
+class LateRefundConformance:
+    """The conformance tests of refunds that finish after the refund call, for a provider that answers a refund
+    ``processing`` and implements ``refund_state`` (WeChat Pay). Include it beside :class:`ProviderConformance`; the
+    gateway implements :meth:`ConformanceGateway.refunds_wait` and :meth:`ConformanceGateway.end_refund`."""
+
+    def test_a_refund_on_its_way_counts_once_it_succeeded(self, kit: "Kit") -> None:
+        order_id = kit.paid_and_notified()
+        kit.gateway.refunds_wait(True)
+        part = (kit.setup.amount / 2).quantize(Decimal("0.01"))
+        refund = kit.svc.refund(order_id, amount=part, refundId="CONF-LATE1")
+        assert refund["status"] == "processing"
+        assert kit.order(order_id)["refundedAmount"] == 0
+        with pytest.raises(PayError) as caught:  # on its way: counted, never refunded twice
+            kit.svc.refund(order_id, amount=kit.setup.amount - part + Decimal("0.01"), refundId="CONF-LATE2")
+        assert caught.value.code == "REFUND_INVALID"
+        kit.ask_about_refunds(order_id)
+        assert [r["status"] for r in kit.order(order_id)["refunds"]] == ["processing"]
+        kit.gateway.end_refund("CONF-LATE1", "success")
+        kit.ask_about_refunds(order_id)
+        after = kit.order(order_id)
+        assert [r["status"] for r in after["refunds"]] == ["confirmed"] and after["refundedAmount"] == part
+        kit.assert_money(order_id, captured=kit.setup.amount)
+
+    def test_a_refund_closed_after_acceptance_releases_its_money(self, kit: "Kit") -> None:
+        order_id = kit.paid_and_notified()
+        kit.gateway.refunds_wait(True)
+        assert kit.svc.refund(order_id, refundId="CONF-LATE3")["status"] == "processing"
+        kit.gateway.end_refund("CONF-LATE3", "closed")
+        kit.ask_about_refunds(order_id)
+        [closed] = kit.order(order_id)["refunds"]
+        assert closed["status"] == "refused" and closed["error"]["code"] == "REFUND_CLOSED"
+        kit.assert_money(order_id, captured=kit.setup.amount)
+        kit.gateway.refunds_wait(False)
+        assert kit.svc.refund(order_id, refundId="CONF-LATE4")["status"] == "confirmed"  # refundable again
+        assert kit.order(order_id)["status"] == "refunded"
+        kit.assert_money(order_id, captured=kit.setup.amount)
+
+    def test_an_abnormal_refund_stays_counted_until_it_succeeds(self, kit: "Kit") -> None:
+        order_id = kit.paid_and_notified()
+        kit.gateway.refunds_wait(True)
+        kit.svc.refund(order_id, refundId="CONF-LATE5")
+        kit.gateway.end_refund("CONF-LATE5", "abnormal")
+        kit.ask_about_refunds(order_id)
+        [stuck] = kit.order(order_id)["refunds"]
+        assert stuck["status"] == "abnormal" and kit.order(order_id)["refundedAmount"] == 0
+        with pytest.raises(PayError) as caught:
+            kit.svc.refund(order_id, amount=Decimal("0.01"), refundId="CONF-LATE6")
+        assert caught.value.code == "REFUND_INVALID"
+        kit.gateway.end_refund("CONF-LATE5", "success")
+        kit.ask_about_refunds(order_id)
+        assert kit.order(order_id)["status"] == "refunded"
+        kit.assert_money(order_id, captured=kit.setup.amount)
+
+
 class Kit:
     """The shared steps of the conformance tests."""
 
@@ -319,6 +389,21 @@ class Kit:
         reference = self.prepare(order)
         assert self.gateway.pay(reference), "the gateway did not take the payment"
         return order, reference
+
+    def paid_and_notified(self) -> str:
+        """An order paid at the gateway, its notifications delivered: its id."""
+        order, _ = self.paid_order()
+        for note in self.gateway.notifications():
+            self.deliver(note)
+        assert self.order(order["orderId"])["status"] == "success"
+        return order["orderId"]
+
+    def ask_about_refunds(self, order_id: str) -> None:
+        """What the ``pays.refund_state`` job does, now: ask the provider about the order's refunds it accepted
+        without finishing (``PaySvc.follow_refund``)."""
+        for refund in self.order(order_id)["refunds"]:
+            row = self.svc.ledger.refund_by_id(order_id, refund["refundId"])
+            self.svc.follow_refund(row)
 
     def order(self, order_id: str) -> dict[str, Any]:
         return self.api.query(orderId=order_id)

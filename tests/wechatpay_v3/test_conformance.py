@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from elements.pays.Meta import NotifyRequest
-from elements.pays.testing import ConformanceGateway, ConformanceSetup, FailedPaymentConformance, ProviderConformance
+from elements.pays.testing import (ConformanceGateway, ConformanceSetup, FailedPaymentConformance,
+                                   LateRefundConformance, ProviderConformance)
 from jitpay_sandbox import sandbox_of
 from jitpay_wechatpay_v3.client import WechatV3Api
 
@@ -43,6 +44,12 @@ class V3SandboxGateway(ConformanceGateway):
 
     def fail(self, reference: str) -> bool:
         return self.sandbox.fail(reference)  # WeChat Pay sends no callback for it: the kit's check finds it
+
+    def refunds_wait(self, wait: bool) -> None:
+        self.sandbox.refunds_wait = wait
+
+    def end_refund(self, refundId: str, outcome: Literal["success", "closed", "abnormal"]) -> None:
+        assert self.sandbox.finish_refund(refundId, outcome.upper())
 
     def notifications(self) -> list[NotifyRequest]:
         return [NotifyRequest(body=held.body, headers=held.headers) for held in self.sandbox.take_notifications()]
@@ -96,7 +103,7 @@ def v3_setup(tmp_path: Path, v3_keys: Path, request: pytest.FixtureRequest) -> I
 
 
 @pytest.mark.parametrize("v3_setup", ["publicKey", "certificate"], indirect=True)
-class TestWechatPayV3Conformance(ProviderConformance, FailedPaymentConformance):
+class TestWechatPayV3Conformance(ProviderConformance, FailedPaymentConformance, LateRefundConformance):
     @pytest.fixture
     def conformance(self, v3_setup: ConformanceSetup) -> ConformanceSetup:
         return v3_setup

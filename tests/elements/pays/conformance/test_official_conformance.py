@@ -15,8 +15,8 @@ import pytest
 
 from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
 from elements.pays.Meta import NotifyRequest
-from elements.pays.testing import (ConformanceGateway, ConformanceSetup, FailedPaymentConformance, ProviderConformance,
-                                   swapped)
+from elements.pays.testing import (ConformanceGateway, ConformanceSetup, FailedPaymentConformance,
+                                   Kit, LateRefundConformance, ProviderConformance, swapped)
 from elements.pays.WechatPayType.signing import calculate_sign
 from elements.pays.WechatPayType.wirexml import build_cdata_xml, parse_xml
 from jitpay_sandbox import sandbox_of
@@ -70,6 +70,12 @@ class WechatSandbox(SandboxGateway):
     def fail(self, reference: str) -> bool:
         return self.sandbox.fail(reference)
 
+    def refunds_wait(self, wait: bool) -> None:
+        self.sandbox.refunds_wait = wait
+
+    def end_refund(self, refundId: str, outcome: Literal["success", "closed", "abnormal"]) -> None:
+        assert self.sandbox.finish_refund(refundId, outcome.upper())
+
     def rewrite(self, notification: NotifyRequest, *, amount: Decimal | None = None, other_merchant: bool = False,
                 signature: Literal["valid", "forged", "kept"] = "valid") -> NotifyRequest:
         fields = parse_xml(notification.body)
@@ -108,9 +114,27 @@ class TestAlipayConformance(ProviderConformance):  # an Alipay trade cannot fail
                                 gateway=AlipaySandbox(sandbox_app.app, "alipay", keys))
 
 
-class TestWechatPayConformance(ProviderConformance, FailedPaymentConformance):
+class TestWechatPayConformance(ProviderConformance, FailedPaymentConformance, LateRefundConformance):
     @pytest.fixture
     def conformance(self, sandbox_app: Any) -> ConformanceSetup:
         keys = sandbox_app.yaml_path.parent / ".sandbox"
         return ConformanceSetup(app=sandbox_app.app, fullName="pays.WechatPayType", served=True,
                                 gateway=WechatSandbox(sandbox_app.app, "wechat", keys))
+
+
+class _WithoutLateRefunds(ProviderConformance, FailedPaymentConformance):
+    """A test class that forgot a mixin its provider needs (not collected: no ``Test`` prefix)."""
+
+
+class _WithoutFailedPayments(ProviderConformance, LateRefundConformance):
+    """Likewise."""
+
+
+def test_the_kit_asks_for_the_mixins_a_provider_needs(sandbox_app: Any) -> None:
+    keys = sandbox_app.yaml_path.parent / ".sandbox"
+    kit = Kit(ConformanceSetup(app=sandbox_app.app, fullName="pays.WechatPayType", served=True,
+                               gateway=WechatSandbox(sandbox_app.app, "wechat", keys)))
+    with pytest.raises(AssertionError, match="include LateRefundConformance"):
+        _WithoutLateRefunds().test_contract_shape(kit)
+    with pytest.raises(AssertionError, match="include FailedPaymentConformance"):
+        _WithoutFailedPayments().test_contract_shape(kit)
