@@ -341,6 +341,9 @@ class PaySvc(NormalService):
                 result = self._refund_state(provider, view, refund)
             except ProviderError:
                 pass  # accepted all the same; the follow-up job asks again
+            except Exception:  # a provider's bug: the refund was accepted all the same
+                log.exception("refund %s of order %s: asking %s where it stands failed", refund.refundId,
+                              refund.orderId, payment.provider)
         return self._apply_refund_result(refund, result, audit)
 
     def follow_refund(self, refund: Row) -> Row:
@@ -571,6 +574,9 @@ class PaySvc(NormalService):
         except PayError as exc:  # recorded; the refund's follow-up job asks again
             log.warning("refund %s of order %s: asking %s after its notification failed: %s", refund.refundId,
                         refund.orderId, provider.fullName, exc.message)
+        except Exception:  # the notification is acknowledged all the same; the follow-up job asks again
+            log.exception("refund %s of order %s: asking %s after its notification failed", refund.refundId,
+                          refund.orderId, provider.fullName)
 
     def configured_providers(self) -> list[PayProvider]:
         """Every payment element the app configures (its YAML or its ``elementDirs`` declare or override it: a

@@ -785,10 +785,13 @@ class Ledger:
             if refund.status not in NOT_FINAL_REFUND:
                 return refund
             if refund.status != status:
-                conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status == refund.status)
-                             .values(status=status, refundNo=refund_no or refund.refundNo,
-                                     errorCode="REFUND_ABNORMAL" if status == "abnormal" else None,
-                                     errorMessage=None, updatedAt=now))
+                if conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status == refund.status)
+                                .values(status=status, refundNo=refund_no or refund.refundNo,
+                                        errorCode="REFUND_ABNORMAL" if status == "abnormal" else None,
+                                        errorMessage=None, updatedAt=now)).rowcount != 1:
+                    found = self._refund(conn, refund.id)  # it moved meanwhile: that answer stands
+                    assert found is not None
+                    return found
                 self._audit(tx, audit.values(f"refund {status}", refund.orderId,
                                              error_code="REFUND_ABNORMAL" if status == "abnormal" else None))
                 if status == "abnormal":

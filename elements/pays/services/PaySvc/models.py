@@ -8,7 +8,8 @@ Three records (see :mod:`.ledger` for how each one changes):
 - :class:`PayPayment`: one per provider trade (payment element + the reference sent to the provider): prepared,
   then paid, closed, failed or expired; a paid one may be refunded in part or in full. Exactly one payment of a paid
   order is ``accepted``; any other that captured money is a ``surplus``.
-- :class:`PayRefund`: belongs to one payment: reserved, sent, then confirmed, refused or unknown (retried).
+- :class:`PayRefund`: belongs to one payment: reserved, sent, then confirmed, refused or unknown (retried); or
+  processing / abnormal (accepted by the provider, finished later) until confirmed or refused.
 
 Schema evolution: ``jitpay_schema`` holds the schema version these models describe (:data:`SCHEMA_VERSION`);
 :mod:`.migrations` moves an older database forward in one transaction the first time it is used. A database newer
@@ -69,7 +70,8 @@ class PayPayment(SQLModel, table=True):
     status: str = Field(default="prepared", max_length=16)
     #: accepted | surplus, once paid
     role: str | None = Field(default=None, max_length=16)
-    #: refunds counted against the payment (reserved, sent, unknown and confirmed) and those confirmed
+    #: refunds counted against the payment (reserved, sent, unknown, processing, abnormal and confirmed) and those
+    #: confirmed
     reservedFen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     refundedFen: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     #: the last pay URL handed out for this trade, its payType, and until when it may be reused
@@ -97,7 +99,7 @@ class PayRefund(SQLModel, table=True):
     paymentId: int | None = Field(default=None, sa_column=Column(BigInteger, index=True))
     refundId: str = Field(max_length=64)
     amountFen: int = Field(sa_column=Column(BigInteger, nullable=False))
-    #: reserved | sent | confirmed | refused | unknown
+    #: reserved | sent | unknown | processing | abnormal | confirmed | refused
     status: str = Field(default="reserved", max_length=16)
     #: merchant (asked for through ``refund``) | surplus (money the order did not need, returned automatically)
     kind: str = Field(default="merchant", max_length=16)
