@@ -826,8 +826,15 @@ class Ledger:
             return
         left = payment.amountFen - payment.reservedFen
         if left > 0:
-            self._reserve(tx, order, payment, refund_id=f"SURPLUS-{payment.id}-{made + 1}", fen=left,
-                          reason="surplus payment returned", kind="surplus", retry_now=True)
+            try:
+                with conn.begin_nested():
+                    self._reserve(tx, order, payment, refund_id=f"SURPLUS-{payment.id}-{made + 1}", fen=left,
+                                  reason="surplus payment returned", kind="surplus", retry_now=True)
+            except IntegrityError:  # the merchant took that refundId: the surplus is theirs to refund
+                self._audit(tx, Audit("refund", provider=refund.provider).values(
+                    "surplus-kept", order.orderId, error_code="SURPLUS_REFUND_FAILED",
+                    message=f"refundId SURPLUS-{payment.id}-{made + 1} is taken; refund surplus payment "
+                            f"{payment.id} with PaySvc.refund(orderId, paymentId={payment.id})"))
 
     def refund_unknown(self, refund_row_id: int, code: str, message: str, audit: Audit, retry_in: float) -> Row:
         """Whether the provider refunded is unknown: the refund stays counted, and its job asks again with the same
