@@ -10,11 +10,12 @@ money invariant."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from sqlalchemy import text
 
 from elements.pays.errors import RefundInvalid
 from elements.pays.services.PaySvc.ledger import JOB_REFUND_STATE, SURPLUS_REFUND_ATTEMPTS
@@ -187,3 +188,19 @@ def test_a_surplus_refund_closed_every_time_is_left_to_the_merchant(live: LiveAp
     assert pay.refund(orderId=order_id, paymentId=surplus["paymentId"], refundId="BY-HAND")["status"] == "confirmed"
     later.ask()
     assert_money_invariant(live, order_id, drained=True)
+
+
+def test_the_sweep_asks_again_about_a_refund_whose_follow_up_stopped(live: LiveApp) -> None:
+    pay, wx, later = live.pay_service, wechat(live), Later(live)
+    order_id = paid_order(live)
+    assert pay.refund(orderId=order_id, refundId="R1")["status"] == "processing"
+    with live.app.engine.begin() as conn:  # its follow-up is gone (e.g. ended dead), and it was last asked 8 h ago
+        conn.execute(text("DELETE FROM jit_job WHERE kind = :kind"), {"kind": JOB_REFUND_STATE})
+        conn.execute(text('UPDATE jitpay_refund SET "updatedAt" = :at WHERE "refundId" = :id'),
+                     {"at": datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(hours=8), "id": "R1"})
+    assert wx.finish_refund("R1", "SUCCESS")
+    paysvc(live).sweep()
+    assert pending_jobs(live, JOB_REFUND_STATE)
+    later.ask()
+    order = assert_money_invariant(live, order_id, drained=True)[order_id]
+    assert refund_of(order, "R1")["status"] == "confirmed" and order["status"] == "refunded"

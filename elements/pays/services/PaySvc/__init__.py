@@ -22,7 +22,7 @@ import re
 import secrets
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Mapping
 
@@ -35,6 +35,7 @@ from elements.pays.errors import (AmountMismatch, DuplicateOrder, NotifyInvalid,
                                   UnsupportedPayType)
 from elements.pays.Meta import NotifyReply, NotifyRequest, OrderView, PayProvider, RefundResult, TradeState
 from elements.pays.money import from_fen, parse_amount, to_fen
+from elements.pays.services.PaySvc.background import refund_question_delay
 from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_order_id
 from elements.pays.services.PaySvc.ledger import (ACCEPTED_REFUND, CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit,
                                                   Ledger, as_utc, payment_dict, refund_dict, utcnow)
@@ -58,16 +59,6 @@ MIN_PAY_WINDOW = timedelta(minutes=6)
 REFRESH_INTERVAL = timedelta(seconds=15)
 REFRESH_SLOWS_AFTER = timedelta(minutes=10)
 REFRESH_INTERVAL_LATER = timedelta(minutes=2)
-
-
-def refund_question_delay(status: str, created_at: datetime | None, now: datetime) -> float:
-    """Seconds until the provider is asked again about a refund it accepted without finishing: every 5 minutes in
-    the refund's first hour, then hourly for a day, then every 6 hours; an ``abnormal`` one (it waits for the
-    merchant's hand) every 6 hours."""
-    age = now - (as_utc(created_at) or now)
-    if status == "abnormal" or age >= timedelta(days=1):
-        return 6 * 3600.0
-    return 300.0 if age < timedelta(hours=1) else 3600.0
 REFUND_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: what no provider carries in a subject or a refund reason: C0 control characters but tab (line breaks included:
 #: both are one line), the noncharacters U+FFFE and U+FFFF (not XML) and lone surrogates (not UTF-8)

@@ -9,7 +9,7 @@
   whose caller died.
 - ``pays.refund_state`` (refund): ask the provider where a refund it accepted without finishing (``processing``, or
   ``abnormal``) stands and record the answer; while it is not final, asked again at the pace of
-  :func:`~elements.pays.services.PaySvc.refund_question_delay` (5 minutes, then hourly, then every 6 hours).
+  :func:`refund_question_delay` (5 minutes, then hourly, then every 6 hours).
 - ``pays.sweep`` (every minute): ask the providers about trades that may have captured money without a
   notification reaching us (a bounded number per run, least recently checked first), expire trades whose order's
   payment window is over, close pending orders that can no longer be paid, restart refunds left open and ask again
@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Row
@@ -53,6 +53,18 @@ SWEEP_EVERY = 60.0
 EXPIRY_GRACE = timedelta(minutes=10)
 #: an open refund untouched this long is sent again
 STALE_REFUND = timedelta(minutes=10)
+#: an accepted refund not asked about this long (longer than any pause between two questions) is asked again
+STALE_ACCEPTED_REFUND = timedelta(hours=7)
+
+
+def refund_question_delay(status: str, created_at: datetime | None, now: datetime) -> float:
+    """Seconds until the provider is asked again about a refund it accepted without finishing: every 5 minutes in
+    the refund's first hour, then hourly for a day, then every 6 hours; an ``abnormal`` one (it waits for the
+    merchant's hand) every 6 hours."""
+    age = now - (as_utc(created_at) or now)
+    if status == "abnormal" or age >= timedelta(days=1):
+        return 6 * 3600.0
+    return 300.0 if age < timedelta(hours=1) else 3600.0
 
 
 def job_kinds(app: "App", *, sweep: bool) -> dict[str, JobKind]:
@@ -160,8 +172,6 @@ def _refund_state_job(app: "App", payload: dict[str, Any], job: "Job") -> None:
     except ProviderError as exc:
         raise RetryLater(f"refund {refund.refundId}: {exc.message}") from exc  # the kind's backoff
     if after.status in ACCEPTED_REFUND:
-        from elements.pays.services.PaySvc import refund_question_delay
-
         raise RetryLater(f"refund {refund.refundId} is {after.status}",
                          delay=refund_question_delay(after.status, after.createdAt, utcnow()))
 
@@ -203,6 +213,7 @@ def sweep(svc: "PaySvc", *, min_age: timedelta = SWEEP_MIN_AGE, recheck: timedel
         ledger.close_order(order.orderId, Audit("sweep", message="the payment window ended with nothing paid"),
                            outcome="pending->closed (expired)")
     stale = ledger.stale_refunds(now - STALE_REFUND, limit)
+    stale += ledger.stale_refunds(now - STALE_ACCEPTED_REFUND, limit, statuses=ACCEPTED_REFUND)
     if stale:
         with svc.app.engine.begin() as conn:
             for refund in stale:

@@ -385,11 +385,12 @@ class Ledger:
                 .order_by(PAYMENTS.c.checkedAt.is_not(None), PAYMENTS.c.checkedAt, PAYMENTS.c.id)
                 .limit(limit)).all())
 
-    def stale_refunds(self, updated_before: datetime, limit: int) -> list[Row]:
-        """Refunds not final (open: reserved, sent, unknown; or accepted: processing, abnormal) and untouched since
-        ``updated_before``."""
+    def stale_refunds(self, updated_before: datetime, limit: int,
+                      statuses: tuple[str, ...] = OPEN_REFUND) -> list[Row]:
+        """Refunds in ``statuses`` (default the open ones: reserved, sent, unknown) untouched since
+        ``updated_before`` (an accepted refund is touched each time the provider is asked about it)."""
         with self._read() as conn:
-            return list(conn.execute(select(REFUNDS).where(REFUNDS.c.status.in_(NOT_FINAL_REFUND),
+            return list(conn.execute(select(REFUNDS).where(REFUNDS.c.status.in_(statuses),
                                                            REFUNDS.c.updatedAt < updated_before)
                                      .order_by(REFUNDS.c.id).limit(limit)).all())
 
@@ -784,7 +785,10 @@ class Ledger:
             assert refund is not None
             if refund.status not in NOT_FINAL_REFUND:
                 return refund
-            if refund.status != status:
+            if refund.status == status:  # asked again, same answer: noted (the sweep revives a silent one)
+                conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status == status)
+                             .values(updatedAt=now))
+            else:
                 if conn.execute(update(REFUNDS).where(REFUNDS.c.id == refund.id, REFUNDS.c.status == refund.status)
                                 .values(status=status, refundNo=refund_no or refund.refundNo,
                                         errorCode="REFUND_ABNORMAL" if status == "abnormal" else None,
