@@ -1,12 +1,15 @@
-"""``time_expire`` and the held notifications cross-checked with independent SDKs: wechatpy (WeChat Pay v2) and
-python-alipay-sdk. Their signed requests carrying a ``time_expire`` are accepted and enforced by the sandboxes; our
-signed requests carrying one verify with their code; the sandboxes' held notifications verify with their code; and
-wechatpy writes the same ``time_expire`` text for the same moment as the provider does."""
+"""``time_expire``, the held notifications and refund queries cross-checked with independent SDKs: wechatpy (WeChat
+Pay v2) and python-alipay-sdk. Their signed requests carrying a ``time_expire`` are accepted and enforced by the
+sandboxes; our signed requests carrying one verify with their code; the sandboxes' held notifications verify with their
+code; wechatpy writes the same ``time_expire`` text for the same moment as the provider does; and wechatpy's refund
+query reads a refund on its way (and how it ended) as ``WechatPayType.refund_state`` does."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from urllib.parse import parse_qsl
 
 import pytest
@@ -89,6 +92,36 @@ def test_wechatpy_verifies_a_held_notification(shop_factory) -> None:
     assert parsed["out_trade_no"] == order.orderId and parsed["total_fee"] == 999
     state = shop.wechat.verify_notify(shop.wechat.parse_notify_body(held.body, held.content_type))
     assert state.tradeNo == parsed["transaction_id"] and state.reference == order.orderId
+
+
+@pytest.mark.parametrize("ending", [("SUCCESS", "SUCCESS", "success"), ("CLOSED", "REFUNDCLOSE", "closed"),
+                                    ("ABNORMAL", "CHANGE", "abnormal")])
+def test_wechatpy_reads_a_refund_on_its_way_as_our_refund_state_does(shop_factory, ending: tuple[str, ...]) -> None:
+    outcome, theirs, ours = ending
+    shop: Shop = shop_factory(wechat={"notifyMode": "hold"})
+    order = new_order("9.99", expires_in=timedelta(hours=1))
+    shop.wechat.prepare(order, "pc")
+    shop.wechatSandbox.pay(order.orderId)
+    shop.wechatSandbox.refunds_wait = True
+    paid = replace(order, tradeNo=shop.wechatSandbox.trade(order.orderId)["transaction_id"])
+    accepted = shop.wechat.refund(paid, "WPY-R1", Decimal("4.00"), Decimal("4.00"))
+    assert accepted.status == "processing"  # WeChat Pay's SUCCESS to the refund call only says it was accepted
+    client = wechatpy_client(shop)
+
+    def signed_by_the_sandbox(answer: dict) -> bool:
+        unsigned = {k: v for k, v in answer.items() if k != "sign"}
+        return answer["sign"] == wechatpy_utils.calculate_signature(unsigned, shop.wechatApiKey)
+
+    answer = client.refund.query(out_refund_no="WPY-R1")
+    assert signed_by_the_sandbox(answer)
+    assert (answer["refund_status_0"], answer["refund_fee_0"]) == ("PROCESSING", "400")
+    assert shop.wechat.refund_state(paid, "WPY-R1", Decimal("4.00")).status == "processing"
+    shop.wechatSandbox.finish_refund("WPY-R1", outcome)
+    answer = client.refund.query(out_refund_no="WPY-R1")
+    assert signed_by_the_sandbox(answer)
+    assert answer["refund_status_0"] == theirs and answer["out_refund_no_0"] == "WPY-R1"
+    state = shop.wechat.refund_state(paid, "WPY-R1", Decimal("4.00"))
+    assert (state.status, state.refundNo, state.amount) == (ours, answer["refund_id_0"], Decimal("4.00"))
 
 
 # -- python-alipay-sdk ---------------------------------------------------------------------------------------------------
