@@ -328,6 +328,9 @@ class PaySvc(NormalService):
                                 f"about again with the same refundId",
                                 details={"refundId": refund.refundId, "outcomeUnknown": True}) from exc
         if result.status == "processing":  # many finish within moments: ask once right away
+            if type(provider).refund_state is PayProvider.refund_state:
+                log.warning("%s answered refund %s 'processing' but implements no refund_state: taken as refunded "
+                            "(docs/PROVIDERS.md)", payment.provider, refund.refundId)
             try:
                 result = self._refund_state(provider, view, refund)
             except ProviderError:
