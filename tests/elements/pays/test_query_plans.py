@@ -89,6 +89,39 @@ def test_the_hot_statements_use_indexes(engine: Any, statements: dict[str, Any],
     assert scans == {}
 
 
+#: the indexes that start with a status (they hold the rows of every order in that status), and their tables
+STATUS_INDEXES = {"ix_jitpay_payment_sweep": "jitpay_payment", "ix_jitpay_refund_open": "jitpay_refund"}
+
+
+@pytest.mark.parametrize("newest", sorted(STATUS_INDEXES))
+def test_the_statements_about_one_order_never_read_every_order_in_a_status(tmp_path: Path, newest: str) -> None:
+    """SQLite without statistics breaks ties between indexes by the order they were created in (``create_all``
+    creates a table's indexes in no fixed order): with a status index the newest of its table, the ledger's
+    statements must still read one order's rows (or one row), never every order's rows in some status."""
+    engine = jitcore.app.create_engine(f"sqlite:///{tmp_path / 'plans.db'}")
+    ensure_schema(engine)
+    table = STATUS_INDEXES[newest]
+    with engine.begin() as conn:
+        [index] = [i for i in inspect(conn).get_indexes(table) if i["name"] == newest]
+        conn.exec_driver_sql(f"DROP INDEX {newest}")
+        conn.exec_driver_sql(f"CREATE INDEX {newest} ON {table} ({', '.join(repr(c) for c in index['column_names'])})"
+                             .replace("'", '"'))
+    db = database(engine)
+    pooled = engine.raw_connection()
+    try:
+        misled = {}
+        for name, statement in LEDGER.items():
+            compiled = db.compiled(statement)
+            plan = [row[3] for row in pooled.driver_connection.execute(
+                "EXPLAIN QUERY PLAN " + compiled.sql, compiled.parameters(LEDGER_VALUES)).fetchall()]
+            if any(index in detail for detail in plan for index in STATUS_INDEXES):
+                misled[name] = plan
+        assert misled == {}
+    finally:
+        pooled.close()
+        engine.dispose()
+
+
 def test_the_periodic_queries_use_indexes(engine: Any) -> None:
     """The sweep's queries (every minute) and the purge of done jobs, as the ledger and the queue run them."""
     seen: list[tuple[str, Any]] = []

@@ -83,10 +83,13 @@ REFUND_BY_REFUND_ID = select(REFUNDS).where(REFUNDS.c.orderId == bindparam("orde
                                             REFUNDS.c.refundId == bindparam("refundId"))
 OFFERED_PROVIDERS = (select(PAYMENTS.c.provider, func.max(PAYMENTS.c.id).label("last"))
                      .where(PAYMENTS.c.orderId == bindparam("orderId")).group_by(PAYMENTS.c.provider))
+# The status is no index term here (``status || ''``): without statistics SQLite may otherwise prefer the sweep's
+# (status, checkedAt) index, which holds every open trade of every order, to the order's own few rows; which one it
+# picks depends on the order in which the indexes were created.
 REUSABLE_PAYMENT = (select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
                                            PAYMENTS.c.provider == bindparam("provider"),
                                            PAYMENTS.c.payType == bindparam("payType"),
-                                           PAYMENTS.c.status == "prepared", PAYMENTS.c.payUrl.is_not(None),
+                                           PAYMENTS.c.status.concat("") == "prepared", PAYMENTS.c.payUrl.is_not(None),
                                            PAYMENTS.c.expiresAt > bindparam("validUntil"))
                     .order_by(PAYMENTS.c.updatedAt.desc()).limit(1))
 ORDER_BY_ID_LOCKED = ORDER_BY_ID.with_for_update()
