@@ -289,6 +289,12 @@ class WechatPayType(PayProvider):
                 states.append(self._query_state(order, out_trade_no, answer))
         return states
 
+    def jit_close(self) -> None:
+        """Close the API client's connection pool."""
+        api = getattr(self, "api", None)
+        if api is not None:
+            api.close()
+
     def close(self, order: OrderView) -> None:
         """``closeorder`` of every WeChat order the order may have (NATIVE and MWEB). A trade WeChat does not know,
         or one already closed, is fine; a paid one raises ``ProviderError`` with ``provider_code="ORDERPAID"`` (query

@@ -12,7 +12,8 @@ import logging
 import secrets
 import ssl
 import string
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping
 
 import httpx
@@ -51,6 +52,37 @@ def nonce_str(length: int = 32) -> str:
     return "".join(secrets.choice(_NONCE_ALPHABET) for _ in range(length))
 
 
+class _Clients:
+    """The HTTP clients of one :class:`WechatApi`, made on first use and kept (a client holds a TLS context, whose
+    CA bundle takes tens of milliseconds to load, and the pooled connections): one plain, one presenting the merchant
+    client certificate (``/secapi/`` calls)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.plain: httpx.Client | None = None
+        self.certified: httpx.Client | None = None
+
+    def get(self, api: "WechatApi", use_cert: bool) -> httpx.Client:
+        certified = bool(use_cert and api.sslContext)
+        with self.lock:
+            client = self.certified if certified else self.plain
+            if client is None:
+                client = httpx.Client(timeout=api.timeout, follow_redirects=False,
+                                      verify=api.sslContext if certified else True)  # type: ignore[arg-type]
+                if certified:
+                    self.certified = client
+                else:
+                    self.plain = client
+            return client
+
+    def close(self) -> None:
+        with self.lock:
+            for client in (self.plain, self.certified):
+                if client is not None:
+                    client.close()
+            self.plain = self.certified = None
+
+
 @dataclass(frozen=True)
 class WechatApi:
     """A configured client of one merchant's WeChat Pay v2 API.
@@ -67,6 +99,11 @@ class WechatApi:
     signType: str = "MD5"
     timeout: float = 10.0
     sslContext: ssl.SSLContext | None = None
+    _clients: _Clients = field(default_factory=_Clients, init=False, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Release the pooled HTTP connections (a later call opens new ones)."""
+        self._clients.close()
 
     def __repr__(self) -> str:  # never show the key
         return f"WechatApi(gateway={self.gateway!r}, appId={self.appId!r}, mchId={self.mchId!r}, signType={self.signType!r})"
@@ -139,23 +176,22 @@ class WechatApi:
     def _post(self, path: str, body: bytes, *, use_cert: bool) -> bytes:
         url = f"{self.gateway}/{path}"
         try:
-            verify: ssl.SSLContext | bool = self.sslContext if (use_cert and self.sslContext) else True
-            with httpx.Client(timeout=self.timeout, verify=verify, follow_redirects=False) as client:
-                with client.stream("POST", url, content=body,
-                                   headers={"Content-Type": "text/xml; charset=utf-8"}) as response:
-                    if response.status_code >= 300:
-                        raise ProviderError(f"WeChat Pay {path} answered HTTP {response.status_code}",
-                                            provider_code=f"HTTP_{response.status_code}",
-                                            details=_UNKNOWN if response.status_code >= 500 else None)
-                    chunks: list[bytes] = []
-                    size = 0
-                    for chunk in response.iter_bytes():
-                        size += len(chunk)
-                        if size > RESPONSE_MAX_BYTES:
-                            raise ProviderError(f"WeChat Pay's answer to {path} is over {RESPONSE_MAX_BYTES} bytes",
-                                                provider_code="INVALID_RESPONSE")
-                        chunks.append(chunk)
-                    return b"".join(chunks)
+            client = self._clients.get(self, use_cert)
+            with client.stream("POST", url, content=body,
+                               headers={"Content-Type": "text/xml; charset=utf-8"}) as response:
+                if response.status_code >= 300:
+                    raise ProviderError(f"WeChat Pay {path} answered HTTP {response.status_code}",
+                                        provider_code=f"HTTP_{response.status_code}",
+                                        details=_UNKNOWN if response.status_code >= 500 else None)
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > RESPONSE_MAX_BYTES:
+                        raise ProviderError(f"WeChat Pay's answer to {path} is over {RESPONSE_MAX_BYTES} bytes",
+                                            provider_code="INVALID_RESPONSE")
+                    chunks.append(chunk)
+                return b"".join(chunks)
         # Chained (``from exc``) on purpose: callers tell "not delivered / outcome unknown" from a refusal by the
         # httpx cause, and by ``details["outcomeUnknown"]``.
         except httpx.TimeoutException as exc:
