@@ -67,7 +67,7 @@ def jit_surplus_refunded(app: "App", order: dict[str, Any], payment: dict[str, A
 def jit_refund_failed(app: "App", order: dict[str, Any], refund: dict[str, Any], event: dict[str, Any]) -> None:
     """A refund the provider had accepted did not reach the buyer. ``refund["status"]`` says how:
 
-    - ``refused`` (``errorCode`` ``REFUND_CLOSED``): the provider closed it; nothing was refunded, the money stayed
+    - ``refused`` (``refund["error"]["code"]`` is ``REFUND_CLOSED``): the provider closed it; nothing was refunded, the money stayed
       with the merchant and is refundable again (with a new ``refundId``). A surplus refund is tried again by
       itself (at most :data:`~elements.pays.services.PaySvc.ledger.SURPLUS_REFUND_ATTEMPTS` times).
     - ``abnormal``: the provider could not pay it back the way it came (WeChat Pay: the buyer's card was cancelled or
