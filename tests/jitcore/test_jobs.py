@@ -25,14 +25,6 @@ from tests.jitcore.jobs_support import PLAIN, PLUGIN, RESERVED, SECOND, make_due
 UTC8 = timezone(timedelta(hours=8))
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database(request: pytest.FixtureRequest) -> str | None:
-    """None: the app's default SQLite file beside its YAML; else a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        return None
-    return request.getfixturevalue("postgres_server").new_database()
-
-
 @pytest.fixture
 def make_jobs_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     """``make_jobs_app(database=None, **write_app options)`` loads a test app (installed plugins off)."""

@@ -14,7 +14,7 @@ from sqlalchemy import update
 import jitcore
 from jitcore.jobs import job_table
 from tests.jitcore.jobs_support import PLUGIN, SECOND, make_due, records
-from tests.jitcore.test_jobs import database, make_jobs_app  # noqa: F401 - fixtures
+from tests.jitcore.test_jobs import make_jobs_app  # noqa: F401 - a fixture (database comes from tests.support.postgres)
 
 
 def test_a_claimed_event_is_delivered_by_run_now_once(make_jobs_app: Any, database: str | None) -> None:  # noqa: F811

@@ -304,3 +304,12 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """SQLAlchemy URL of a fresh, empty PostgreSQL database for one test."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> str | None:
+    """The app's database, once each: None (the embedded SQLite file beside the app's YAML), then a fresh database
+    on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_server").new_database()

@@ -23,14 +23,6 @@ from tests.support.money import (ALIPAY, WECHAT, ProviderFaults, alipay, assert_
                                  take_notifications, wechat)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest) -> str | None:
-    """The app's database: embedded SQLite, or a fresh database on the session's PostgreSQL server."""
-    if request.param == "sqlite":
-        return None
-    return request.getfixturevalue("postgres_server").new_database()
-
-
 @pytest.fixture
 def live(tmp_path: Path, database: str | None) -> Iterator[LiveApp]:
     with money_app(tmp_path, database) as app:
