@@ -296,12 +296,7 @@ class PaySvc(NormalService):
             found = self.ledger.refund(refund.id)
             assert found is not None
             return found
-        payment = self.ledger.payment(refund.paymentId)
-        order = self.ledger.order(refund.orderId)
-        assert payment is not None and order is not None
-        audit = Audit("refund", provider=payment.provider,
-                      payload={"refundId": refund.refundId, "amount": str(from_fen(refund.amountFen)),
-                               "tradeNo": payment.tradeNo, "kind": refund.kind})
+        payment, order, audit = self._refund_context(refund, "refund")
         try:
             provider = self.provider(payment.provider)
             view = self._payment_view(order, payment)
@@ -347,12 +342,7 @@ class PaySvc(NormalService):
         afterwards."""
         if refund.status not in ACCEPTED_REFUND:
             return refund
-        payment = self.ledger.payment(refund.paymentId)
-        order = self.ledger.order(refund.orderId)
-        assert payment is not None and order is not None
-        audit = Audit("refund-state", provider=payment.provider,
-                      payload={"refundId": refund.refundId, "amount": str(from_fen(refund.amountFen)),
-                               "tradeNo": payment.tradeNo, "kind": refund.kind})
+        payment, order, audit = self._refund_context(refund, "refund-state")
         try:
             result = self._refund_state(self.provider(payment.provider), self._payment_view(order, payment), refund)
         except ProviderError as exc:
@@ -360,6 +350,16 @@ class PaySvc(NormalService):
                               error_code=exc.code, message=exc.message, payload=exc.details)
             raise
         return self._apply_refund_result(refund, result, audit)
+
+    def _refund_context(self, refund: Row, kind: str) -> tuple[Row, Row, Audit]:
+        """The refund's payment and order, and the audit record (of ``kind``) its outcome is written with."""
+        payment = self.ledger.payment(refund.paymentId)
+        order = self.ledger.order(refund.orderId)
+        assert payment is not None and order is not None
+        audit = Audit(kind, provider=payment.provider,
+                      payload={"refundId": refund.refundId, "amount": str(from_fen(refund.amountFen)),
+                               "tradeNo": payment.tradeNo, "kind": refund.kind})
+        return payment, order, audit
 
     def _refund_state(self, provider: PayProvider, view: OrderView, refund: Row) -> RefundResult:
         result = provider.refund_state(view, refund.refundId, from_fen(refund.amountFen))
