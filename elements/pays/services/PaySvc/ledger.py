@@ -811,37 +811,41 @@ class Ledger:
             return found
 
     def _refund_failed(self, tx: _Tx, refund_row_id: int) -> None:
-        """Announce a refund the provider had accepted that did not reach the buyer; a closed surplus refund is made
-        again (see :meth:`refuse_refund`)."""
-        conn = tx.conn
-        refund = self._refund(conn, refund_row_id)
-        order = self._order(conn, refund.orderId) if refund is not None else None
+        """Announce a refund the provider had accepted that did not reach the buyer (``jit_refund_failed``); a
+        closed surplus refund is made again (:meth:`_refund_surplus_again`)."""
+        refund = self._refund(tx.conn, refund_row_id)
+        order = self._order(tx.conn, refund.orderId) if refund is not None else None
         assert refund is not None and order is not None
         self._publish(tx, "jit_refund_failed", order.orderId, order=self.order_dict(order),
                       refund=refund_dict(refund))
-        if refund.status != "refused" or refund.kind != "surplus" or self.surplus != "refund":
-            return
+        if refund.status == "refused" and refund.kind == "surplus" and self.surplus == "refund":
+            self._refund_surplus_again(tx, refund, order)
+
+    def _refund_surplus_again(self, tx: _Tx, closed: Row, order: Row) -> None:
+        """The provider closed a surplus refund: refund what is left of that payment with a new refundId
+        (``SURPLUS-{payment}-{n}``), unless :data:`SURPLUS_REFUND_ATTEMPTS` were made or the merchant took that id;
+        then it is left to the merchant (audit ``surplus-kept``)."""
+        conn = tx.conn
         made = conn.execute(select(func.count()).select_from(REFUNDS).where(
-            REFUNDS.c.paymentId == refund.paymentId, REFUNDS.c.kind == "surplus")).scalar_one()
-        payment = self._payment(conn, refund.paymentId)
+            REFUNDS.c.paymentId == closed.paymentId, REFUNDS.c.kind == "surplus")).scalar_one()
+        payment = self._payment(conn, closed.paymentId)
         assert payment is not None
+        refund_id = f"SURPLUS-{payment.id}-{made + 1}"
+        why = None
         if made >= SURPLUS_REFUND_ATTEMPTS:
-            self._audit(tx, Audit("refund", provider=refund.provider).values(
-                "surplus-kept", order.orderId, error_code="SURPLUS_REFUND_FAILED",
-                message=f"{made} refunds of surplus payment {payment.id} were closed by {refund.provider}; refund it "
-                        f"with PaySvc.refund(orderId, paymentId={payment.id})"))
-            return
-        left = payment.amountFen - payment.reservedFen
-        if left > 0:
+            why = f"{made} refunds of surplus payment {payment.id} were closed by {closed.provider}"
+        elif payment.amountFen > payment.reservedFen:
             try:
                 with conn.begin_nested():
-                    self._reserve(tx, order, payment, refund_id=f"SURPLUS-{payment.id}-{made + 1}", fen=left,
+                    self._reserve(tx, order, payment, refund_id=refund_id, fen=payment.amountFen - payment.reservedFen,
                                   reason="surplus payment returned", kind="surplus", retry_now=True)
             except IntegrityError:  # the merchant took that refundId: the surplus is theirs to refund
-                self._audit(tx, Audit("refund", provider=refund.provider).values(
-                    "surplus-kept", order.orderId, error_code="SURPLUS_REFUND_FAILED",
-                    message=f"refundId SURPLUS-{payment.id}-{made + 1} is taken; refund surplus payment "
-                            f"{payment.id} with PaySvc.refund(orderId, paymentId={payment.id})"))
+                why = f"refundId {refund_id} is taken"
+        if why is not None:
+            self._audit(tx, Audit("refund", provider=closed.provider).values(
+                "surplus-kept", order.orderId, error_code="SURPLUS_REFUND_FAILED",
+                message=f"{why}; refund surplus payment {payment.id} with PaySvc.refund(orderId, "
+                        f"paymentId={payment.id})"))
 
     def refund_unknown(self, refund_row_id: int, code: str, message: str, audit: Audit, retry_in: float) -> Row:
         """Whether the provider refunded is unknown: the refund stays counted, and its job asks again with the same
