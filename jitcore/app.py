@@ -210,7 +210,7 @@ def database_url(model: AppModel, root: Path) -> str:
 SQLITE_SYNCHRONOUS = "FULL"
 
 
-def create_engine(url: str) -> Any:
+def create_engine(url: str, *, durable: bool = True) -> Any:
     """An engine for ``url``.
 
     SQLite files get, on every connection: WAL, ``synchronous=FULL`` (see :data:`SQLITE_SYNCHRONOUS`), foreign keys
@@ -226,6 +226,11 @@ def create_engine(url: str) -> Any:
       a read snapshot that never takes the write lock and never waits for a writer (WAL). Write through
       ``engine.begin()``; a write inside such a read may fail with "database is locked" if another connection
       wrote since it began.
+
+    ``durable=False`` makes an engine whose commits do not wait for the disk (SQLite ``synchronous=NORMAL``, a
+    PostgreSQL session with ``synchronous_commit = off``), for bookkeeping (:func:`jitcore.sql.bookkeeping`). A durable
+    engine makes its bookkeeping sibling on first use (``engine.jit_bookkeeping_engine()``) and disposes it with
+    itself.
     """
     from sqlalchemy import create_engine as sa_create_engine
     from sqlalchemy import event
@@ -246,20 +251,62 @@ def create_engine(url: str) -> Any:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
+            cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS if durable else 'NORMAL'}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         event.listen(engine, "begin", sqlite.begin)
-        return engine
-    try:
-        engine = sa_create_engine(url)
-    except ModuleNotFoundError as exc:
-        extra = " (pip install 'jitpay[postgres]')" if exc.name and exc.name.startswith("psycopg") else ""
-        raise ConfigError(f"database: the driver of this URL is not installed: module {exc.name}{extra}") from None
-    _ping_rested_connections(engine)
+    else:
+        try:
+            engine = sa_create_engine(url, **({} if durable else _asynchronous_commits(url)))
+        except ModuleNotFoundError as exc:
+            extra = " (pip install 'jitpay[postgres]')" if exc.name and exc.name.startswith("psycopg") else ""
+            raise ConfigError(f"database: the driver of this URL is not installed: module {exc.name}{extra}") from None
+        _ping_rested_connections(engine)
+    if durable and (not url.startswith("sqlite") or _database_file(url) is not None):  # (not in memory)
+        _add_bookkeeping_engine(engine, url)
     return engine
+
+
+def _asynchronous_commits(url: str) -> dict[str, Any]:
+    """``create_engine`` arguments for sessions whose commits do not wait for the disk: PostgreSQL's
+    ``synchronous_commit = off``, set when a connection starts (libpq ``options``, after any the URL gives)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    given = parsed.query.get("options")
+    given = " ".join(given) if isinstance(given, tuple) else given
+    return {"connect_args": {"options": f"{given} -c synchronous_commit=off" if given else
+                             "-c synchronous_commit=off"}}
+
+
+def _add_bookkeeping_engine(engine: Any, url: str) -> None:
+    """Give ``engine`` its bookkeeping sibling (``create_engine(url, durable=False)``), made on first use of
+    ``engine.jit_bookkeeping_engine()`` and disposed when ``engine`` is."""
+    from sqlalchemy import event
+
+    made: list[Any] = []
+    lock = threading.Lock()
+
+    def bookkeeping_engine() -> Any:
+        if not made:
+            with lock:
+                if not made:
+                    made.append(create_engine(url, durable=False))
+        return made[0]
+
+    @event.listens_for(engine, "engine_disposed")
+    def _dispose_sibling(_engine: Any) -> None:
+        with lock:
+            siblings = made[:]
+            made.clear()
+        for sibling in siblings:
+            sibling.dispose()
+
+    engine.jit_bookkeeping_engine = bookkeeping_engine
 
 
 #: a pooled server connection that rested in the pool longer than this is pinged before it is handed out

@@ -54,7 +54,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from jitcore.errors import ConfigError
-from jitcore.sql import bookkeeping, database
+from jitcore.sql import bookkeeping, bookkeeping_change, database
 
 if TYPE_CHECKING:
     from jitcore.app import App
@@ -686,15 +686,19 @@ class JobQueue:
 
     def _succeeded(self, row: Any, kind: JobKind) -> None:
         now = utcnow()
-        with bookkeeping(self.app.engine) as conn:
-            finished = database(conn.engine).on(conn).rowcount(FINISH_DONE, {
-                "jobId": row.id, "runnerId": row.runner, "wasAttempts": row.attempts, "now": now})
-            if finished == 1:
-                self._schedule_next(conn, row.kind, kind, row.dedupeKey, now)
-                log.debug("job %s (%s) done on attempt %d", row.id, row.kind, row.attempts)
-            else:
-                log.warning("job %s (%s): attempt %d finished after its lease had been taken over; its outcome is "
-                            "not recorded", row.id, row.kind, row.attempts)
+        fenced = {"jobId": row.id, "runnerId": row.runner, "wasAttempts": row.attempts, "now": now}
+        if self._periodic(row.kind, kind, row.dedupeKey):
+            with bookkeeping(self.app.engine) as conn:  # done, and its successor, in one transaction
+                finished = database(conn.engine).on(conn).rowcount(FINISH_DONE, fenced)
+                if finished == 1:
+                    self._schedule_next(conn, row.kind, kind, row.dedupeKey, now)
+        else:
+            finished = bookkeeping_change(self.app.engine, FINISH_DONE, fenced)
+        if finished == 1:
+            log.debug("job %s (%s) done on attempt %d", row.id, row.kind, row.attempts)
+        else:
+            log.warning("job %s (%s): attempt %d finished after its lease had been taken over; its outcome is not "
+                        "recorded", row.id, row.kind, row.attempts)
 
     def _failed(self, row: Any, kind: JobKind, exc: Exception) -> str:
         now = utcnow()
@@ -740,10 +744,15 @@ class JobQueue:
             conn.execute(update(job_table).where(*self._fence(row)).values(
                 state="due", attempts=j.attempts - 1, runner=None, leaseUntil=None, updatedAt=utcnow()))
 
+    @staticmethod
+    def _periodic(name: str, kind: JobKind, dedupeKey: str | None) -> bool:
+        """Is this job the one unfinished job of a periodic kind (which schedules its successor when it ends)?"""
+        return bool(kind.every) and dedupeKey == periodic_key(name)
+
     def _schedule_next(self, conn: Connection, name: str, kind: JobKind, dedupeKey: str | None,
                        now: datetime) -> None:
         """After a periodic kind's job ended: its successor, due ``every`` seconds from now."""
-        if kind.every and dedupeKey == periodic_key(name):
+        if self._periodic(name, kind, dedupeKey):
             _insert_job(conn, {"kind": name, "payload": "{}", "state": "due", "attempts": 0,
                                "dueAt": now + timedelta(seconds=kind.every), "createdAt": now, "updatedAt": now,
                                "dedupeKey": periodic_key(name), "sequenceKey": None})

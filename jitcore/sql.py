@@ -11,10 +11,11 @@ DBAPI connection:
   BEGIN or ROLLBACK round trips);
 - :meth:`Database.on`: the connection of a SQLAlchemy Connection or Session whose transaction is open
   (``engine.begin()``), so that compiled statements and ordinary Core statements share one transaction;
-- :func:`bookkeeping`: a transaction whose commit need not wait for the disk (SQLite ``synchronous=NORMAL``,
-  PostgreSQL ``synchronous_commit = off``), for writes that are redone if a power failure takes them (job claims and
-  outcomes). Both databases write their log in order, so such a commit can only be lost together with every commit
-  after it, never one that a durable commit after it depends on.
+- :func:`bookkeeping` and :func:`bookkeeping_change`: a transaction (a single statement) whose commit need not wait
+  for the disk (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit = off``), for writes that are redone if
+  a power failure takes them (job claims and outcomes). Both databases write their log in order, so such a commit can
+  only be lost together with every commit after it, never one that a durable commit after it depends on. They run
+  on the engine's bookkeeping sibling (:func:`jitcore.app.create_engine`), whose connections are set up so once.
 
 Rows come back as named tuples (attribute access like SQLAlchemy's ``Row``); a driver error is raised as SQLAlchemy's
 exception for it (``sqlalchemy.exc.IntegrityError``, ...), and a connection it reports lost is invalidated.
@@ -32,7 +33,7 @@ from typing import Any, Iterator, Mapping
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["Statement", "Database", "Conn", "database", "bookkeeping"]
+__all__ = ["Statement", "Database", "Conn", "database", "bookkeeping", "bookkeeping_change"]
 
 _ROW_TYPES: dict[tuple[str, ...], type] = {}
 _ROW_TYPES_LOCK = threading.Lock()
@@ -232,14 +233,19 @@ class Database:
             connection = connection.connection()  # a Session: its transaction's connection
         return Conn(self, connection.connection.driver_connection, connection.invalidate)
 
-    def read(self) -> "_Read":
+    def read(self) -> "_Autocommit":
         """A pooled connection in autocommit for reads (``with db.read() as conn``): every statement sees the latest
         commit. (SQLite runs autocommit already; PostgreSQL's connection is switched for the time and back.)"""
-        return _Read(self)
+        return _Autocommit(self)
+
+    def autocommit(self) -> "_Autocommit":
+        """The same connection as :meth:`read`, for a write that is one statement (it commits by itself)."""
+        return _Autocommit(self)
 
 
-class _Read:
-    """:meth:`Database.read`'s context (a class: cheaper than a generator on a path run for every read)."""
+class _Autocommit:
+    """:meth:`Database.read`'s and :meth:`Database.autocommit`'s context (a class: cheaper than a generator on a path
+    run for every read)."""
 
     __slots__ = ("db", "pooled", "switch")
 
@@ -283,12 +289,23 @@ def database(engine: Engine) -> Database:
     return found
 
 
+def _bookkeeping_engine(engine: Engine) -> Engine | None:
+    """The bookkeeping sibling of an engine made by :func:`jitcore.app.create_engine`, else None."""
+    sibling = getattr(engine, "jit_bookkeeping_engine", None)
+    return sibling() if sibling is not None else None
+
+
 @contextlib.contextmanager
 def bookkeeping(engine: Engine) -> Iterator[Connection]:
-    """``engine.begin()`` for a transaction whose commit need not wait for the disk (see the module docstring):
-    SQLite runs it with ``synchronous=NORMAL`` (the connection's own setting is put back afterwards, or the
-    connection is discarded), PostgreSQL with ``SET LOCAL synchronous_commit = off``. Other databases: a plain
-    transaction."""
+    """``engine.begin()`` for a transaction whose commit need not wait for the disk (see the module docstring): on
+    the engine's bookkeeping sibling if it has one; else SQLite runs it with ``synchronous=NORMAL`` (the
+    connection's own setting is put back afterwards, or the connection is discarded), PostgreSQL with ``SET LOCAL
+    synchronous_commit = off``. Other databases: a plain transaction."""
+    sibling = _bookkeeping_engine(engine)
+    if sibling is not None:
+        with sibling.begin() as connection:
+            yield connection
+        return
     name = engine.dialect.name
     with engine.connect() as connection:
         restore = None
@@ -309,3 +326,15 @@ def bookkeeping(engine: Engine) -> Iterator[Connection]:
                     connection.connection.driver_connection.execute(f"PRAGMA synchronous={int(restore)}")
                 except Exception:  # never hand a connection with weaker durability back to the pool
                     connection.invalidate()
+
+
+def bookkeeping_change(engine: Engine, statement: Any, params: Mapping[str, Any] | None = None) -> int:
+    """Run one DML ``statement`` as bookkeeping (see :func:`bookkeeping`); the number of rows it matched. On
+    PostgreSQL with a bookkeeping sibling it is a single statement in autocommit (no BEGIN and COMMIT round trips);
+    on SQLite a transaction, so that it takes its turn among the writers (:mod:`jitcore.sqlite`)."""
+    sibling = _bookkeeping_engine(engine)
+    if sibling is not None and sibling.dialect.name == "postgresql":
+        with database(sibling).autocommit() as conn:
+            return conn.rowcount(statement, params)
+    with bookkeeping(engine) as connection:
+        return database(connection.engine).on(connection).rowcount(statement, params)

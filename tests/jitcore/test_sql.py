@@ -1,5 +1,6 @@
 """jitcore.sql: compiled statements store and read values exactly as SQLAlchemy does, reads run in autocommit,
-bookkeeping transactions put the connection's durability back, driver errors come out as SQLAlchemy's."""
+bookkeeping runs on a sibling engine that does not wait for the disk (or, on an engine without one, puts the
+connection's durability back), driver errors come out as SQLAlchemy's."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import (BigInteger, Boolean, Column, DateTime, MetaData, String, Table, bindparam, insert, select,
-                        text, update)
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, MetaData, String, Table, bindparam, create_engine,
+                        event, insert, select, text, update)
 from sqlalchemy.exc import IntegrityError
 
 import jitcore.app
-from jitcore.sql import bookkeeping, database
+from jitcore.sql import bookkeeping, bookkeeping_change, database
 
 metadata = MetaData()
 things = Table("sql_thing", metadata,
@@ -87,20 +88,75 @@ def test_reads_leave_the_pooled_connection_as_it_was(engine) -> None:
         assert conn.first(BY_NAME, {"name": "kept"}) is not None and conn.first(BY_NAME, {"name": "gone"}) is None
 
 
-def test_bookkeeping_commits_and_puts_durability_back(engine) -> None:
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            configured = conn.execute(text("SHOW synchronous_commit")).scalar()
+def _durability(conn) -> object:
+    """The connection's commit durability: SQLite's synchronous level; PostgreSQL's synchronous_commit and where it
+    comes from (the test server's own setting is off already: "client" and "session" tell a connection's own)."""
+    if conn.dialect.name == "sqlite":
+        return conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0]
+    return tuple(conn.execute(text("SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'")).one())
+
+
+def _configured(engine) -> object:
+    """What an app's connections are set to: jitcore's SQLite level, the PostgreSQL server's setting."""
+    if engine.dialect.name == "sqlite":
+        return {"FULL": 2, "EXTRA": 3, "NORMAL": 1}[jitcore.app.SQLITE_SYNCHRONOUS]
+    plain = create_engine(engine.url.render_as_string(hide_password=False))
+    try:
+        with plain.connect() as conn:
+            configured = _durability(conn)
+    finally:
+        plain.dispose()
+    assert configured[1] not in ("client", "session")
+    return configured
+
+
+def test_bookkeeping_runs_on_a_sibling_engine_that_does_not_wait_for_the_disk(engine) -> None:
+    configured = _configured(engine)
+    sibling = engine.jit_bookkeeping_engine()
+    assert sibling is engine.jit_bookkeeping_engine() and sibling is not engine
     with bookkeeping(engine) as conn:
+        assert conn.engine is sibling
         conn.execute(things.insert().values(name="booked", status="new"))
+        assert _durability(conn) == (1 if engine.dialect.name == "sqlite" else ("off", "client"))
+    # a single statement: autocommit on PostgreSQL, a transaction taking its turn on SQLite
+    assert bookkeeping_change(engine, TOUCH, {"name": "booked"}) == 1
+    assert bookkeeping_change(engine, TOUCH, {"name": "booked"}) == 0
+    with engine.connect() as conn:  # committed, and the app's own connections stay durable
+        assert conn.execute(select(things.c.status).where(things.c.name == "booked")).scalar() == "old"
+        assert _durability(conn) == configured
+    if engine.dialect.name == "postgresql":
+        with sibling.connect() as conn:  # the sibling's session after its autocommit statement
+            assert _durability(conn) == ("off", "client")
+    engine.dispose()  # the sibling goes with it, and a new one is made on the next use
+    assert engine.jit_bookkeeping_engine() is not sibling
+
+
+def test_bookkeeping_without_a_sibling_puts_the_connection_durability_back(engine) -> None:
+    plain = create_engine(engine.url.render_as_string(hide_password=False),
+                          **({"connect_args": {"check_same_thread": False}} if engine.dialect.name == "sqlite" else {}))
+    configured = 2 if engine.dialect.name == "sqlite" else _configured(engine)
+    try:
         if engine.dialect.name == "sqlite":
-            assert conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0] == 1
-        else:
-            assert conn.execute(text("SHOW synchronous_commit")).scalar() == "off"
-    with engine.connect() as conn:
-        assert conn.execute(select(things.c.name).where(things.c.name == "booked")).scalar() == "booked"
-        if engine.dialect.name == "sqlite":
-            level = conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0]
-            assert level == {"FULL": 2, "EXTRA": 3, "NORMAL": 1}[jitcore.app.SQLITE_SYNCHRONOUS]
-        else:
-            assert conn.execute(text("SHOW synchronous_commit")).scalar() == configured
+            @event.listens_for(plain, "connect")
+            def _full(dbapi_connection, _record) -> None:
+                dbapi_connection.execute("PRAGMA synchronous=FULL")
+        with bookkeeping(plain) as conn:
+            assert conn.engine is plain
+            conn.execute(things.insert().values(name="plain", status="new"))
+            assert _durability(conn) == (1 if engine.dialect.name == "sqlite" else ("off", "session"))
+        assert bookkeeping_change(plain, TOUCH, {"name": "plain"}) == 1
+        with plain.connect() as conn:
+            assert conn.execute(select(things.c.status).where(things.c.name == "plain")).scalar() == "old"
+            assert _durability(conn) == configured
+    finally:
+        plain.dispose()
+
+
+def test_a_bookkeeping_session_keeps_the_options_the_url_gives() -> None:
+    from jitcore.app import _asynchronous_commits
+
+    assert _asynchronous_commits("postgresql+psycopg://u@h/db") == {
+        "connect_args": {"options": "-c synchronous_commit=off"}}
+    assert _asynchronous_commits("postgresql+psycopg://u@h/db?options=-c%20search_path%3Dshop") == {
+        "connect_args": {"options": "-c search_path=shop -c synchronous_commit=off"}}
+    assert _asynchronous_commits("sqlite:///x.db") == {}
