@@ -96,11 +96,6 @@ ORDER_BY_ID_LOCKED = ORDER_BY_ID.with_for_update()
 PAYMENT_BY_REFERENCE = select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
                                               PAYMENTS.c.provider == bindparam("provider"),
                                               PAYMENTS.c.reference == bindparam("reference"))
-PAYMENT_BY_TRADE_NO = select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
-                                             PAYMENTS.c.provider == bindparam("provider"),
-                                             PAYMENTS.c.tradeNo == bindparam("tradeNo"))
-LIVE_PROVIDERS = select(PAYMENTS.c.provider).distinct().where(PAYMENTS.c.orderId == bindparam("orderId"),
-                                                              PAYMENTS.c.status.in_(LIVE_PAYMENT))
 
 
 def _insert_all(table: Any) -> Any:
@@ -134,11 +129,10 @@ PAYMENT_OFFER = (update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId"))
 PAYMENT_CAPTURED = (update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId"),
                                            PAYMENTS.c.status.in_(LIVE_PAYMENT + ("expired",)))
                     .values(status="paid", tradeNo=bindparam("tradeNo"), paidAt=bindparam("paidAt"),
-                            updatedAt=bindparam("now"), checkedAt=bindparam("now")))
+                            role=bindparam("role"), updatedAt=bindparam("now"), checkedAt=bindparam("now")))
 ORDER_ACCEPTED = (update(ORDERS).where(ORDERS.c.orderId == bindparam("orderId"), ORDERS.c.status == "pending")
                   .values(status="success", paymentId=bindparam("paymentId"), provider=bindparam("provider"),
                           tradeNo=bindparam("tradeNo"), payTime=bindparam("payTime"), updatedAt=bindparam("now")))
-PAYMENT_ROLE = update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId")).values(role=bindparam("role"))
 
 
 def utcnow() -> datetime:
@@ -518,19 +512,17 @@ class Ledger:
                               dedupeKey=f"close:{order_id}:{provider}", run_now=True)
             return payment, pending
 
-    def _find_or_add_payment(self, tx: _Tx, order: Row, provider: str, providerName: str, reference: str,
-                             tradeNo: str | None) -> Row:
-        """The payment a provider's report is about: by trade number first (a trade already recorded paid, whatever
-        reference it was filed under), then by reference; a trade nobody recorded (a crash between the provider
-        call and the record, or another copy of the app) is added."""
-        fast = tx.fast
+    def _find_or_add_payment(self, tx: _Tx, order: Row, payments: list[Row], provider: str, providerName: str,
+                             reference: str, tradeNo: str | None) -> Row:
+        """The payment (of the order's ``payments``) a provider's report is about: by trade number first (a trade
+        already recorded paid, whatever reference it was filed under), then by reference; a trade nobody recorded (a
+        crash between the provider call and the record, or another copy of the app) is added."""
+        ours = [row for row in payments if row.provider == provider]
         if tradeNo:
-            known = fast.first(PAYMENT_BY_TRADE_NO, {"orderId": order.orderId, "provider": provider,
-                                                     "tradeNo": tradeNo})
+            known = next((row for row in ours if row.tradeNo == tradeNo), None)
             if known is not None:
                 return known
-        row = fast.first(PAYMENT_BY_REFERENCE, {"orderId": order.orderId, "provider": provider,
-                                                "reference": reference})
+        row = next((row for row in ours if row.reference == reference), None)
         if row is not None and (row.status not in CAPTURED_PAYMENT or not tradeNo or row.tradeNo == tradeNo):
             return row
         if row is not None:  # the reference is taken by another captured trade: file this one beside it
@@ -556,22 +548,26 @@ class Ledger:
         paid_at = as_utc(payTime) or now
         with self._write() as tx:
             fast = tx.fast
+            # the order is locked until the commit: its status read here is the one the updates below meet, and no
+            # trade of it is added or paid meanwhile (every such writer locks the order first)
             order = fast.first(ORDER_BY_ID_LOCKED, {"orderId": order_id})
             if order is None:
                 return PaidOutcome("missing", None, None)
             if paidAmount is None or paidAmount != from_fen(order.amountFen):
                 return PaidOutcome("mismatch", None, order)
-            payment = self._find_or_add_payment(tx, order, provider, providerName, reference, tradeNo)
+            payments = fast.all(PAYMENTS_OF_ORDER, {"orderId": order_id})
+            payment = self._find_or_add_payment(tx, order, payments, provider, providerName, reference, tradeNo)
+            accepted = order.status == "pending"
+            role = "accepted" if accepted else "surplus"
             captured = fast.rowcount(PAYMENT_CAPTURED, {"paymentId": payment.id, "tradeNo": tradeNo,
-                                                        "paidAt": paid_at, "now": now}) == 1
+                                                        "paidAt": paid_at, "role": role, "now": now}) == 1
             if not captured:
                 self._audit(tx, audit.values("unchanged", order_id, message="already processed"))
                 return PaidOutcome("known", payment, order)
-            accepted = fast.rowcount(ORDER_ACCEPTED, {"orderId": order_id, "paymentId": payment.id,
-                                                      "provider": provider, "tradeNo": tradeNo, "payTime": paid_at,
-                                                      "now": now}) == 1
-            role = "accepted" if accepted else "surplus"
-            fast.rowcount(PAYMENT_ROLE, {"paymentId": payment.id, "role": role})
+            if accepted and fast.rowcount(ORDER_ACCEPTED, {
+                    "orderId": order_id, "paymentId": payment.id, "provider": provider, "tradeNo": tradeNo,
+                    "payTime": paid_at, "now": now}) != 1:  # pragma: no cover - the lock makes this impossible
+                raise RuntimeError(f"order {order_id} changed under its lock; nothing was recorded")
             # what was just written, not read back (the order is locked: nothing else changed it)
             payment = payment._replace(status="paid", tradeNo=tradeNo, paidAt=paid_at, updatedAt=now, checkedAt=now,
                                        role=role)
@@ -583,7 +579,7 @@ class Ledger:
                 self._audit(tx, audit.values("pending->success", order_id))
                 self._publish(tx, "jit_order_paid", order_id, order=order_view)
                 # the elements with trades that may still capture money (the paid one is no longer among them)
-                others = {row.provider for row in fast.all(LIVE_PROVIDERS, {"orderId": order_id})}
+                others = {row.provider for row in payments if row.status in LIVE_PAYMENT and row.id != payment.id}
                 for other in sorted(others | {provider} if settleHere else others):
                     self._enqueue(tx, JOB_CLOSE_TRADES, {"orderId": order_id, "provider": other},
                                   dedupeKey=f"close:{order_id}:{other}")
