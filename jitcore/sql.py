@@ -106,6 +106,11 @@ class Statement:
         just written, without reading it back."""
         return self._row._make([values.get(name) for name in self._row._fields])  # type: ignore[union-attr]
 
+    def row_from(self, values: Any) -> Any:
+        """A row of this statement's columns from ``values`` in column order, already converted (a slice of a
+        wider row of another statement)."""
+        return self._row._make(values)  # type: ignore[union-attr]
+
     def row(self, raw: Any) -> Any:
         """A driver row as a named tuple, with SQLAlchemy's result conversions."""
         results = self._results

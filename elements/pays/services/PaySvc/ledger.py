@@ -86,12 +86,17 @@ OFFERED_PROVIDERS = (select(PAYMENTS.c.provider, func.max(PAYMENTS.c.id).label("
 # The status is no index term here (``status || ''``): without statistics SQLite may otherwise prefer the sweep's
 # (status, checkedAt) index, which holds every open trade of every order, to the order's own few rows; which one it
 # picks depends on the order in which the indexes were created.
-REUSABLE_PAYMENT = (select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
-                                           PAYMENTS.c.provider == bindparam("provider"),
-                                           PAYMENTS.c.payType == bindparam("payType"),
-                                           PAYMENTS.c.status.concat("") == "prepared", PAYMENTS.c.payUrl.is_not(None),
-                                           PAYMENTS.c.expiresAt > bindparam("validUntil"))
-                    .order_by(PAYMENTS.c.updatedAt.desc()).limit(1))
+_REUSABLE = (PAYMENTS.c.orderId == bindparam("orderId"), PAYMENTS.c.provider == bindparam("provider"),
+             PAYMENTS.c.payType == bindparam("payType"), PAYMENTS.c.status.concat("") == "prepared",
+             PAYMENTS.c.payUrl.is_not(None), PAYMENTS.c.expiresAt > bindparam("validUntil"))
+REUSABLE_PAYMENT = select(PAYMENTS).where(*_REUSABLE).order_by(PAYMENTS.c.updatedAt.desc()).limit(1)
+_OFFER = PAYMENTS.alias("offer")
+#: the order and the columns of its latest reusable trade (``offer_*``, all None without one), in one statement
+ORDER_AND_OFFER = (
+    select(ORDERS, *[column.label(f"offer_{column.name}") for column in _OFFER.c])
+    .select_from(ORDERS.outerjoin(_OFFER, _OFFER.c.id == select(PAYMENTS.c.id).where(*_REUSABLE)
+                                  .order_by(PAYMENTS.c.updatedAt.desc()).limit(1).scalar_subquery()))
+    .where(ORDERS.c.orderId == bindparam("orderId")))
 ORDER_BY_ID_LOCKED = ORDER_BY_ID.with_for_update()
 PAYMENT_BY_REFERENCE = select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
                                               PAYMENTS.c.provider == bindparam("provider"),
@@ -123,6 +128,17 @@ INSERT_PAYMENT = {
 }
 ORDER_STILL_PENDING = (update(ORDERS).where(ORDERS.c.orderId == bindparam("orderId"), ORDERS.c.status == "pending")
                        .values(updatedAt=bindparam("now")))
+_STILL_PENDING = ORDER_STILL_PENDING.returning(ORDERS.c.orderId).cte("still_pending")
+_NEW_PAYMENT_COLUMNS = [c for c in PAYMENTS.columns if c.name != "id"]
+#: PostgreSQL: a new trade of a pending order, and the order locked for it, in one statement (so one round trip in
+#: autocommit): ORDER_STILL_PENDING, then INSERT_PAYMENT if it matched. Its id; none when the order is not pending or
+#: the trade is recorded already (then the transaction of Ledger.record_prepared decides)
+NEW_OFFER_OF_PENDING_ORDER = (
+    postgresql_insert(PAYMENTS)
+    .from_select([c.name for c in _NEW_PAYMENT_COLUMNS],
+                 select(*[_STILL_PENDING.c.orderId if c.name == "orderId" else bindparam(c.name, type_=c.type)
+                          for c in _NEW_PAYMENT_COLUMNS]).select_from(_STILL_PENDING))
+    .on_conflict_do_nothing(index_elements=["orderId", "provider", "reference"]).returning(PAYMENTS.c.id))
 PAYMENT_OFFER = (update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId"))
                  .values(payType=bindparam("payType"), payUrl=bindparam("payUrl"), qrCode=bindparam("qrCode"),
                          expiresAt=bindparam("expiresAt"), updatedAt=bindparam("updatedAt")))
@@ -366,11 +382,16 @@ class Ledger:
     def order_and_offer(self, order_id: str, provider: str, pay_type: str,
                         valid_until: datetime) -> tuple[Row | None, Row | None]:
         """The order (or None) and its latest prepared trade with ``provider`` of ``pay_type`` whose pay URL is still
-        valid at ``valid_until`` (or None), read together (on PostgreSQL in one round trip)."""
+        valid at ``valid_until`` (or None), read together in one statement."""
         with self._reading() as conn:
-            orders, offers = conn.many((ORDER_BY_ID, {"orderId": order_id}), (REUSABLE_PAYMENT, {
-                "orderId": order_id, "provider": provider, "payType": pay_type, "validUntil": valid_until}))
-        return (orders[0] if orders else None), (offers[0] if offers else None)
+            row = conn.first(ORDER_AND_OFFER, {"orderId": order_id, "provider": provider, "payType": pay_type,
+                                               "validUntil": valid_until})
+        if row is None:
+            return None, None
+        columns = len(ORDERS.columns)
+        order = self.db.compiled(ORDER_BY_ID).row_from(row[:columns])
+        offer = self.db.compiled(PAYMENT_BY_ID).row_from(row[columns:]) if row.offer_id is not None else None
+        return order, offer
 
     def sweep_candidates(self, *, checked_before: datetime, created_before: datetime, limit: int) -> list[Row]:
         """Trades that may still capture money, not asked about since ``checked_before``, created before
@@ -496,14 +517,22 @@ class Ledger:
         (checked and held in the same transaction, so a ``close`` cannot slip in between). If it was not, the trade
         is recorded all the same (so the sweep watches it) and a job closes it; the caller refuses the pay URL."""
         now = utcnow()
+        trade = {"orderId": order_id, "provider": provider, "providerName": providerName, "reference": reference,
+                 "amountFen": amountFen, "status": "prepared", "reservedFen": 0, "refundedFen": 0, "createdAt": now}
+        if self.db.name == "postgresql":  # the usual case (a new trade of a pending order) in one statement
+            values = {**PAYMENT_DEFAULTS, **trade, "payType": payType, "payUrl": payUrl, "qrCode": qrCode,
+                      "expiresAt": expiresAt, "updatedAt": now}
+            self.ensure_schema()
+            with self.db.autocommit() as conn:
+                payment_id = conn.scalar(NEW_OFFER_OF_PENDING_ORDER,
+                                         {**{c.name: values.get(c.name) for c in _NEW_PAYMENT_COLUMNS}, "now": now})
+            if payment_id is not None:
+                return self.db.compiled(PAYMENT_BY_ID).row_of({**values, "id": payment_id}), True
         with self._write() as tx:
             pending = tx.fast.rowcount(ORDER_STILL_PENDING, {"orderId": order_id, "now": now}) == 1
             offer = {"payType": payType, "payUrl": payUrl if pending else None, "qrCode": qrCode if pending else None,
                      "expiresAt": expiresAt, "updatedAt": now}
-            payment, inserted = self._insert_payment(tx, {
-                "orderId": order_id, "provider": provider, "providerName": providerName, "reference": reference,
-                "amountFen": amountFen, "status": "prepared", "reservedFen": 0, "refundedFen": 0, "createdAt": now,
-                **offer})
+            payment, inserted = self._insert_payment(tx, {**trade, **offer})
             if not inserted and payment.status == "prepared":  # the same trade offered again
                 tx.fast.rowcount(PAYMENT_OFFER, {"paymentId": payment.id, **offer})
                 payment = payment._replace(**offer)
