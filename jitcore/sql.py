@@ -244,7 +244,9 @@ class Database:
         return _Autocommit(self)
 
     def autocommit(self) -> "_Autocommit":
-        """The same connection as :meth:`read`, for a write that is one statement (it commits by itself)."""
+        """The same connection as :meth:`read`, for a write that is one statement (it commits by itself). Not on
+        SQLite, where such a write would not take its turn among the writers (:mod:`jitcore.sqlite`): write in a
+        transaction there."""
         return _Autocommit(self)
 
 

@@ -89,7 +89,6 @@ OFFERED_PROVIDERS = (select(PAYMENTS.c.provider, func.max(PAYMENTS.c.id).label("
 _REUSABLE = (PAYMENTS.c.orderId == bindparam("orderId"), PAYMENTS.c.provider == bindparam("provider"),
              PAYMENTS.c.payType == bindparam("payType"), PAYMENTS.c.status.concat("") == "prepared",
              PAYMENTS.c.payUrl.is_not(None), PAYMENTS.c.expiresAt > bindparam("validUntil"))
-REUSABLE_PAYMENT = select(PAYMENTS).where(*_REUSABLE).order_by(PAYMENTS.c.updatedAt.desc()).limit(1)
 _OFFER = PAYMENTS.alias("offer")
 #: the order and the columns of its latest reusable trade (``offer_*``, all None without one), in one statement
 ORDER_AND_OFFER = (
