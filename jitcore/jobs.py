@@ -46,7 +46,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
-                        and_, bindparam, delete, exists, insert, or_, select, text, update)
+                        and_, bindparam, case, delete, exists, insert, literal, null, or_, select, text, update)
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -334,6 +334,28 @@ CLAIMABLE_LOCKED = CLAIMABLE.with_for_update(skip_locked=True, of=job_table)
 #: an unfinished job of the sequence (earlier than any job about to be inserted)
 SEQUENCE_BUSY = (select(_j.id).where(_j.sequenceKey == bindparam("sequenceKey"), _j.state.in_(("due", "running")))
                  .limit(1))
+_SEQUENCE = select(exists().where(_j.sequenceKey == bindparam("sequenceKey"), _j.state.in_(("due", "running")))
+                   .label("busy")).subquery("sequence_busy")
+#: what the columns of a job inserted claimed hold instead when its sequence is busy
+_UNCLAIMED = {"state": "due", "attempts": 0, "runner": None, "leaseUntil": None}
+
+
+def _unless_busy(name: str) -> Any:
+    """The value of column ``name`` for CLAIMED_UNLESS_BUSY: the claim's (a bind), or the unclaimed one."""
+    value = bindparam(name, type_=_j[name].type)
+    if name not in _UNCLAIMED:
+        return value
+    unclaimed = _UNCLAIMED[name]
+    return case((_SEQUENCE.c.busy, null() if unclaimed is None else literal(unclaimed, _j[name].type)), else_=value)
+
+
+_CLAIMED_UNLESS_BUSY_COLUMNS = ["kind", "payload", "state", "attempts", "dueAt", "createdAt", "updatedAt",
+                                "sequenceKey", "runner", "leaseUntil"]
+#: a new job of a sequence, claimed (the claim's values) unless an unfinished job of its sequence is there (then due,
+#: unclaimed): SEQUENCE_BUSY and INSERT_JOB in one statement. Its id and state
+CLAIMED_UNLESS_BUSY = (insert(job_table).from_select(
+    _CLAIMED_UNLESS_BUSY_COLUMNS, select(*[_unless_busy(name) for name in _CLAIMED_UNLESS_BUSY_COLUMNS])
+    .select_from(_SEQUENCE)).returning(_j.id, _j.state))
 CLAIMABLE_BY_ID = (select(_j.id, _j.kind, _j.state, _j.attempts, _j.runner, _j.dedupeKey)
                    .where(_j.id == bindparam("jobId"), _due_condition(bindparam("now")), _not_blocked()))
 _TAKE_WHERE = (_j.id == bindparam("jobId"), _j.state == bindparam("wasState"), _j.attempts == bindparam("wasAttempts"),
@@ -532,11 +554,22 @@ class JobQueue:
         self._prepare(connection)
         values = {"kind": kind, "payload": encoded, "state": "due", "attempts": 0, "dueAt": due, "createdAt": now,
                   "updatedAt": now, "dedupeKey": dedupeKey, "sequenceKey": sequenceKey}
-        if claim and due <= now and (sequenceKey is None or database(connection.engine).on(connection).first(
-                SEQUENCE_BUSY, {"sequenceKey": sequenceKey}) is None):
+        job_id: int | None = None
+        if claim and due <= now:
+            unclaimed = dict(values)
             values.update(state="running", attempts=1, runner=self._runner_id(),
                           leaseUntil=now + timedelta(seconds=self._kind(kind).leaseSeconds))
-        job_id = _insert_job(connection, values)
+            if sequenceKey is not None:  # claimed only if no earlier job of its sequence is unfinished
+                if dedupeKey is None and connection.dialect.insert_returning:
+                    inserted = database(connection.engine).on(connection).first(CLAIMED_UNLESS_BUSY, values)
+                    job_id = inserted.id
+                    if inserted.state != "running":
+                        values = unclaimed
+                elif database(connection.engine).on(connection).first(
+                        SEQUENCE_BUSY, {"sequenceKey": sequenceKey}) is not None:
+                    values = unclaimed
+        if job_id is None:
+            job_id = _insert_job(connection, values)
         if job_id is not None:
             self._note_inserted(connection, job_id, values)
         return job_id

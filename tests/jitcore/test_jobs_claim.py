@@ -41,7 +41,8 @@ def test_a_claim_waits_for_its_sequence(make_jobs_app: Any, database: str | None
     with app.engine.begin() as conn:
         second = app.jobs.publish(conn, "jit_test_thing_happened", {"thing": {"n": 2}}, sequenceKey="O-2",
                                   claim=True)
-    assert app.jobs.get(second[0])["state"] == "due"  # the earlier event of its sequence is not finished
+    waiting = app.jobs.get(second[0])  # the earlier event of its sequence is not finished: due, unclaimed
+    assert (waiting["state"], waiting["attempts"], waiting["runner"], waiting["leaseUntil"]) == ("due", 0, None, None)
     app.jobs.run_now(second)
     assert app.jobs.get(second[0])["state"] == "due"
     make_due(app, first[0])
@@ -50,6 +51,18 @@ def test_a_claim_waits_for_its_sequence(make_jobs_app: Any, database: str | None
     make_due(app, second[0])
     assert app.jobs.run_until_idle() == jitcore.RunSummary(1, 0, 0)
     assert [r["thing"]["n"] for r in records(app.root, outcome="delivered")] == [1, 2]
+
+
+def test_a_deduplicated_claim_waits_for_its_sequence_too(make_jobs_app: Any, database: str | None) -> None:  # noqa: F811
+    app = make_jobs_app(database, plugins=[PLUGIN])
+    with app.engine.begin() as conn:
+        first = app.jobs.enqueue(conn, "test.record", {}, sequenceKey="S-1", dedupeKey="d-1", claim=True)
+        second = app.jobs.enqueue(conn, "test.record", {}, sequenceKey="S-1", dedupeKey="d-2", claim=True)
+        again = app.jobs.enqueue(conn, "test.record", {}, sequenceKey="S-1", dedupeKey="d-1", claim=True)
+    assert again is None  # d-1 is unfinished
+    claimed, waiting = app.jobs.get(first), app.jobs.get(second)
+    assert (claimed["state"], claimed["attempts"]) == ("running", 1) and claimed["runner"] is not None
+    assert (waiting["state"], waiting["attempts"], waiting["runner"], waiting["leaseUntil"]) == ("due", 0, None, None)
 
 
 def test_a_claim_whose_caller_died_is_taken_when_its_lease_expires(make_jobs_app: Any,
