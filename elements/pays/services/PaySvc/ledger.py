@@ -583,6 +583,8 @@ class Ledger:
                 return PaidOutcome("missing", None, None)
             if paidAmount is None or paidAmount != from_fen(order.amountFen):
                 return PaidOutcome("mismatch", None, order)
+            # a statement of its own, after the lock: one that waited for the lock (a join, say) would see the
+            # payments as they were before the writer it waited for committed (PostgreSQL's read committed)
             payments = fast.all(PAYMENTS_OF_ORDER, {"orderId": order_id})
             payment = self._find_or_add_payment(tx, order, payments, provider, providerName, reference, tradeNo)
             accepted = order.status == "pending"
