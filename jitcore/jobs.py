@@ -606,15 +606,12 @@ class JobQueue:
         implementations); pass them to :meth:`run_now` after the commit. ``claim``: the first implementation's
         delivery is enqueued claimed (see :meth:`enqueue`); the others are claimed by :meth:`run_now` when their turn
         comes, so that a process dying in one delivery leaves the next ones due for any runner."""
-        caller = getattr(self.app.hook, event, None)
-        if caller is None or caller.spec is None:
-            raise ValueError(f"{event} is not a hook specified by jitcore or a plugin (jit_hookspecs)")
+        impls = self._subscribers(event)
         if not isinstance(kwargs, dict):
             raise TypeError("publish kwargs are a dict of the hook's arguments")
         reserved = {"app", "event"} & set(kwargs)
         if reserved:
             raise ValueError(f"publish kwargs must not contain {', '.join(sorted(reserved))}: delivery adds them")
-        impls = [impl for impl in reversed(caller.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
         event_id = uuid.uuid4().hex
         created = datetime.now(UTC)
         ids: list[int] = []
@@ -627,6 +624,17 @@ class JobQueue:
             assert job_id is not None
             ids.append(job_id)
         return ids
+
+    def subscribed(self, event: str) -> bool:
+        """Does any plugin implement hook event ``event``, so that :meth:`publish` writes a job for it?"""
+        return bool(self._subscribers(event))
+
+    def _subscribers(self, event: str) -> list[Any]:
+        """The implementations :meth:`publish` writes a delivery of ``event`` for (highest layer first)."""
+        caller = getattr(self.app.hook, event, None)
+        if caller is None or caller.spec is None:
+            raise ValueError(f"{event} is not a hook specified by jitcore or a plugin (jit_hookspecs)")
+        return [impl for impl in reversed(caller.get_hookimpls()) if not (impl.hookwrapper or impl.wrapper)]
 
     # -- running jobs -----------------------------------------------------------------------------------------------
     def _runner_id(self) -> str:
