@@ -205,6 +205,11 @@ def database_url(model: AppModel, root: Path) -> str:
     return model.database
 
 
+#: connections an engine's pool keeps: as many as a busy ``jit serve`` worker's request threads and job runner use at
+#: once. With SQLAlchemy's default (5), connections beyond it were closed when given back and opened anew at the next
+#: peak: under 8 concurrent notifications a worker opened a PostgreSQL session (a server process) every 10 to 25.
+POOL_SIZE = 10
+
 #: PRAGMA synchronous for SQLite databases. FULL: in WAL mode NORMAL lets a power loss undo the last commits, and a
 #: payment commit may already have been acknowledged to the provider ("success"), which then never notifies again.
 SQLITE_SYNCHRONOUS = "FULL"
@@ -213,7 +218,8 @@ SQLITE_SYNCHRONOUS = "FULL"
 def create_engine(url: str, *, durable: bool = True) -> Any:
     """An engine for ``url``.
 
-    SQLite files get, on every connection: WAL, ``synchronous=FULL`` (see :data:`SQLITE_SYNCHRONOUS`), foreign keys
+    The pool keeps :data:`POOL_SIZE` connections (and opens up to 10 more for a peak). SQLite files get, on every
+    connection: WAL, ``synchronous=FULL`` (see :data:`SQLITE_SYNCHRONOUS`), foreign keys
     and a 30 s busy timeout. A database file that does not exist yet is created ``0600`` (its ``-wal`` and ``-shm``
     companions take the same mode). Transactions:
 
@@ -237,7 +243,8 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
 
     if url.startswith("sqlite"):
         _create_private_database_file(url)
-        engine = sa_create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa_create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                  **({"pool_size": POOL_SIZE} if _database_file(url) is not None else {}))
         connection_class = sqlite.connection_class()
         if connection_class is not None:
             engine._connection_cls = connection_class
@@ -259,7 +266,7 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
         event.listen(engine, "begin", sqlite.begin)
     else:
         try:
-            engine = sa_create_engine(url, **({} if durable else _asynchronous_commits(url)))
+            engine = sa_create_engine(url, pool_size=POOL_SIZE, **({} if durable else _asynchronous_commits(url)))
         except ModuleNotFoundError as exc:
             extra = " (pip install 'jitpay[postgres]')" if exc.name and exc.name.startswith("psycopg") else ""
             raise ConfigError(f"database: the driver of this URL is not installed: module {exc.name}{extra}") from None

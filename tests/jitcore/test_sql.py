@@ -160,3 +160,39 @@ def test_a_bookkeeping_session_keeps_the_options_the_url_gives() -> None:
     assert _asynchronous_commits("postgresql+psycopg://u@h/db?options=-c%20search_path%3Dshop") == {
         "connect_args": {"options": "-c search_path=shop -c synchronous_commit=off"}}
     assert _asynchronous_commits("sqlite:///x.db") == {}
+
+
+def test_a_busy_worker_keeps_its_connections(engine) -> None:
+    """Eight threads holding a connection at once (a busy ``jit serve`` worker): after the first peak, the pool hands
+    out the connections it keeps instead of opening new ones (SQLAlchemy's default pool of 5 closed the sixth and
+    later when they were given back, and opened them again at the next peak)."""
+    import threading
+
+    opened: list[int] = []
+    errors: list[BaseException] = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    barrier = threading.Barrier(8)
+
+    def busy() -> None:
+        try:
+            for _ in range(5):
+                barrier.wait(timeout=30)
+                with engine.connect() as conn:  # a read holds its connection until it ends
+                    conn.execute(select(things.c.id).limit(1)).all()
+                    barrier.wait(timeout=30)  # all eight hold one at the same time
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    def peak() -> None:
+        threads = [threading.Thread(target=busy) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert errors == []
+
+    peak()
+    first = len(opened)
+    assert first >= 8 - 1  # (one may have been opened before, by the fixture)
+    peak()
+    assert len(opened) == first
