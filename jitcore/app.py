@@ -209,6 +209,11 @@ def database_url(model: AppModel, root: Path) -> str:
 #: once. With SQLAlchemy's default (5), connections beyond it were closed when given back and opened anew at the next
 #: peak: under 8 concurrent notifications a worker opened a PostgreSQL session (a server process) every 10 to 25.
 POOL_SIZE = 10
+#: connections a pool opens beyond POOL_SIZE at a peak (closed when given back)
+POOL_OVERFLOW = 10
+#: the same for the bookkeeping sibling, whose statements are short (job claims and outcomes): a process holds at most
+#: POOL_SIZE + POOL_OVERFLOW + 2 * BOOKKEEPING_POOL_SIZE connections to its database
+BOOKKEEPING_POOL_SIZE = 5
 
 #: PRAGMA synchronous for SQLite databases. FULL: in WAL mode NORMAL lets a power loss undo the last commits, and a
 #: payment commit may already have been acknowledged to the provider ("success"), which then never notifies again.
@@ -218,7 +223,8 @@ SQLITE_SYNCHRONOUS = "FULL"
 def create_engine(url: str, *, durable: bool = True) -> Any:
     """An engine for ``url``.
 
-    The pool keeps :data:`POOL_SIZE` connections (and opens up to 10 more for a peak). SQLite files get, on every
+    The pool keeps :data:`POOL_SIZE` connections (and opens up to :data:`POOL_OVERFLOW` more for a peak; a
+    bookkeeping engine :data:`BOOKKEEPING_POOL_SIZE`, and as many more). SQLite files get, on every
     connection: WAL, ``synchronous=FULL`` (see :data:`SQLITE_SYNCHRONOUS`), foreign keys
     and a 30 s busy timeout. A database file that does not exist yet is created ``0600`` (its ``-wal`` and ``-shm``
     companions take the same mode). Transactions:
@@ -244,7 +250,7 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
     if url.startswith("sqlite"):
         _create_private_database_file(url)
         engine = sa_create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
-                                  **({"pool_size": POOL_SIZE} if _database_file(url) is not None else {}))
+                                  **(_pool(durable) if _database_file(url) is not None else {}))
         connection_class = sqlite.connection_class()
         if connection_class is not None:
             engine._connection_cls = connection_class
@@ -266,7 +272,7 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
         event.listen(engine, "begin", sqlite.begin)
     else:
         try:
-            engine = sa_create_engine(url, pool_size=POOL_SIZE, **({} if durable else _asynchronous_commits(url)))
+            engine = sa_create_engine(url, **_pool(durable), **({} if durable else _asynchronous_commits(url)))
         except ModuleNotFoundError as exc:
             extra = " (pip install 'jitpay[postgres]')" if exc.name and exc.name.startswith("psycopg") else ""
             raise ConfigError(f"database: the driver of this URL is not installed: module {exc.name}{extra}") from None
@@ -274,6 +280,12 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
     if durable and (not url.startswith("sqlite") or _database_file(url) is not None):  # (not in memory)
         _add_bookkeeping_engine(engine, url)
     return engine
+
+
+def _pool(durable: bool) -> dict[str, int]:
+    """The pool's size: the app's own engine, or a bookkeeping sibling."""
+    size = POOL_SIZE if durable else BOOKKEEPING_POOL_SIZE
+    return {"pool_size": size, "max_overflow": POOL_OVERFLOW if durable else size}
 
 
 def _asynchronous_commits(url: str) -> dict[str, Any]:
