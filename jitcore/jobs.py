@@ -560,13 +560,13 @@ class JobQueue:
             values.update(state="running", attempts=1, runner=self._runner_id(),
                           leaseUntil=now + timedelta(seconds=self._kind(kind).leaseSeconds))
             if sequenceKey is not None:  # claimed only if no earlier job of its sequence is unfinished
+                fast = database(connection.engine).on(connection)
                 if dedupeKey is None and connection.dialect.insert_returning:
-                    inserted = database(connection.engine).on(connection).first(CLAIMED_UNLESS_BUSY, values)
+                    inserted = fast.first(CLAIMED_UNLESS_BUSY, values)
                     job_id = inserted.id
                     if inserted.state != "running":
                         values = unclaimed
-                elif database(connection.engine).on(connection).first(
-                        SEQUENCE_BUSY, {"sequenceKey": sequenceKey}) is not None:
+                elif fast.first(SEQUENCE_BUSY, {"sequenceKey": sequenceKey}) is not None:
                     values = unclaimed
         if job_id is None:
             job_id = _insert_job(connection, values)

@@ -53,7 +53,8 @@ def test_a_claim_waits_for_its_sequence(make_jobs_app: Any, database: str | None
     assert [r["thing"]["n"] for r in records(app.root, outcome="delivered")] == [1, 2]
 
 
-def test_a_deduplicated_claim_waits_for_its_sequence_too(make_jobs_app: Any, database: str | None) -> None:  # noqa: F811
+def test_a_deduplicated_claim_waits_for_its_sequence_too(make_jobs_app: Any,  # noqa: F811
+                                                         database: str | None) -> None:
     app = make_jobs_app(database, plugins=[PLUGIN])
     with app.engine.begin() as conn:
         first = app.jobs.enqueue(conn, "test.record", {}, sequenceKey="S-1", dedupeKey="d-1", claim=True)

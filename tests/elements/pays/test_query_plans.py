@@ -43,9 +43,9 @@ JOBS = {name: getattr(jobs, name) for name in (
     "TAKE_LOST_LEASE", "FINISH_DONE", "CLAIMED_UNLESS_BUSY")}
 JOBS_VALUES = {"jobId": 1, "sequenceKey": "order:O1|shop", "now": NOW.replace(tzinfo=None), "wasState": "due",
                "wasAttempts": 0, "runnerId": "host:1:abc:2", "lease": NOW.replace(tzinfo=None), "error": "lost",
-               "kind": "jit.event", "payload": "{}", "state": "running", "attempts": 1, "dueAt": NOW.replace(tzinfo=None),
-               "createdAt": NOW.replace(tzinfo=None), "updatedAt": NOW.replace(tzinfo=None), "runner": "host:1:abc:2",
-               "leaseUntil": NOW.replace(tzinfo=None)}
+               "kind": "jit.event", "payload": "{}", "state": "running", "attempts": 1,
+               **dict.fromkeys(("dueAt", "createdAt", "updatedAt", "leaseUntil"), NOW.replace(tzinfo=None)),
+               "runner": "host:1:abc:2"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -477,15 +477,16 @@ class Ledger:
         """Insert a new order and announce it (``jit_order_created``); ``(existing order, False)`` if the orderId
         is taken."""
         values = {**ORDER_DEFAULTS, **values}
+        columns = {c.name: values.get(c.name) for c in ORDERS.columns}
         row = self.db.compiled(ORDER_BY_ID).row_of(values)  # as written: not read back
         try:
             if self.db.name == "postgresql" and not self.jobs.subscribed("jit_order_created"):
                 self.ensure_schema()  # nothing to announce: the insert alone, one statement in autocommit
                 with self.db.autocommit() as conn:
-                    conn.rowcount(INSERT_ORDER, {c.name: values.get(c.name) for c in ORDERS.columns})
+                    conn.rowcount(INSERT_ORDER, columns)
                 return row, True
             with self._write() as tx:
-                tx.fast.rowcount(INSERT_ORDER, {c.name: values.get(c.name) for c in ORDERS.columns})
+                tx.fast.rowcount(INSERT_ORDER, columns)
                 self._publish(tx, "jit_order_created", row.orderId, order=self.order_dict(row))
             return row, True
         except IntegrityError:
