@@ -30,13 +30,14 @@ LEDGER = {name: getattr(ledger, name) for name in (
     "REFUND_BY_REFUND_ID", "OFFERED_PROVIDERS", "ORDER_AND_OFFER", "PAYMENT_BY_REFERENCE", "ORDER_STILL_PENDING",
     "PAYMENT_OFFER", "PAYMENT_CAPTURED", "ORDER_ACCEPTED")}
 #: PostgreSQL's only
-POSTGRESQL_LEDGER = {"NEW_OFFER_OF_PENDING_ORDER": ledger.NEW_OFFER_OF_PENDING_ORDER}
+POSTGRESQL_LEDGER = {name: getattr(ledger, name) for name in ("NEW_OFFER_OF_PENDING_ORDER", "CAPTURED_AND_ACCEPTED")}
 LEDGER_VALUES = {"orderId": "O20261125120000000000ABCDEFGH", "id": 1, "refundId": "R1", "provider": "pays.AliPayType",
                  "payType": "pc", "validUntil": NOW, "reference": "O20261125120000000000ABCDEFGH", "tradeNo": "T1",
                  "now": NOW, "paymentId": 1, "role": "accepted", "payUrl": "https://pay.example/1", "qrCode": None,
                  "expiresAt": NOW, "updatedAt": NOW, "paidAt": NOW, "payTime": NOW, "providerName": "Alipay",
                  "amountFen": 9999, "status": "prepared", "reservedFen": 0, "refundedFen": 0, "checkedAt": None,
-                 "createdAt": NOW}
+                 "createdAt": NOW,
+                 **{f"audit_{name}": value for name, value in ledger.audit_values("notify", "pending->success").items()}}
 #: the job queue's
 JOBS = {name: getattr(jobs, name) for name in (
     "JOB_BY_ID", "SEQUENCE_BUSY", "ANY_CLAIMABLE", "CLAIMABLE", "CLAIMABLE_LOCKED", "CLAIMABLE_BY_ID", "TAKE",
