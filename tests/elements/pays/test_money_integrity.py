@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
+import jitcore
 from elements.pays.errors import OrderClosed, PayError, ProviderError, RefundInvalid
 from elements.pays.WechatPayType import mweb_out_trade_no
 from tests.support.live import LiveApp, pay_in_wallet
@@ -203,6 +204,36 @@ def test_get_pay_url_racing_close(live: LiveApp, monkeypatch: pytest.MonkeyPatch
     assert queries[ali_id]["status"] == "closed"
     assert_surplus_refunded(live, queries[ali_id], ALIPAY, ali_id)
     assert queries[wx_id]["refunds"] == []
+
+
+def test_get_pay_url_after_another_process_closed_or_offered_the_order(live: LiveApp) -> None:
+    """The first getPayUrl after create does not read the order back (the ledger remembers it as written): what
+    another process did to it meanwhile is still met. Closed there: getPayUrl fails with the order's state and the
+    new trade is recorded and closed. Offered there: the same trade is offered again, never a second one."""
+    other = jitcore.load_app(live.yaml_path)  # another process on the same database
+    try:
+        elsewhere = other.getElement("pays.services.PaySvc")
+        pay = live.pay_service
+        closed_id = pay.create(subject="Closed elsewhere", amount="2.34")["orderId"]
+        assert elsewhere.close(orderId=closed_id)["status"] == "closed"
+        with pytest.raises(OrderClosed):
+            pay.getPayUrl(orderId=closed_id, fullName=ALIPAY, payType="pc")
+        drain(live)
+        order = pay.query(orderId=closed_id)
+        assert order["status"] == "closed" and payment_of(order, ALIPAY, closed_id)["status"] == "closed"
+
+        offered_id = pay.create(subject="Offered elsewhere", amount="2.34")["orderId"]
+        first = elsewhere.getPayUrl(orderId=offered_id, fullName=ALIPAY, payType="pc")
+        again = pay.getPayUrl(orderId=offered_id, fullName=ALIPAY, payType="pc")
+        assert again["orderId"] == first["orderId"] == offered_id
+        [trade] = pay.query(orderId=offered_id)["payments"]
+        assert trade["reference"] == offered_id and trade["status"] == "prepared"
+        assert alipay(live).pay(offered_id) is True
+        deliver(*take_notifications(live))
+        assert_money_invariant(live, closed_id, offered_id)
+        assert pay.query(orderId=offered_id)["status"] == "success"
+    finally:
+        other.close()
 
 
 # -- 5. refund bookkeeping ---------------------------------------------------------------------------------------------

@@ -33,3 +33,25 @@ def test_create_stores_the_order_and_refuses_a_taken_id(tmp_path: Path, database
             events = conn.execute(text("SELECT payload FROM jit_job WHERE kind = 'jit.event'")).scalars().all()
         created = [payload for payload in events if "jit_order_created" in payload and "CREATE_000001" in payload]
         assert len(created) == (1 if subscribed else 0)
+
+
+def test_the_first_pay_url_after_create_does_not_read_the_order_back(tmp_path: Path, database: str | None,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with start_live_app(tmp_path, run_jobs=False, database=database) as live:
+        pay = live.pay_service
+        ledger = live.app.loadElement("pays.services.PaySvc").ledger
+        reads: list[str] = []
+        reading = ledger._reading
+        monkeypatch.setattr(ledger, "_reading", lambda: reads.append("read") or reading())
+        order_id = pay.create(subject="Remembered", amount="1.00")["orderId"]
+        first = pay.getPayUrl(orderId=order_id, fullName="pays.AliPayType", payType="mobile")
+        assert reads == []  # the order as written
+        assert pay.getPayUrl(orderId=order_id, fullName="pays.AliPayType", payType="mobile") == first
+        assert reads == ["read"]  # offered once: read, and the offer reused
+        pay.close(orderId=order_id)
+        closed_id = pay.create(subject="Closed first", amount="1.00")["orderId"]
+        pay.close(orderId=closed_id)  # forgotten: getPayUrl reads the closed order
+        reads.clear()
+        with pytest.raises(Exception) as info:
+            pay.getPayUrl(orderId=closed_id, fullName="pays.AliPayType", payType="mobile")
+        assert info.value.code == "ORDER_CLOSED" and reads == ["read"]

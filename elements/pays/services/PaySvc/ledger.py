@@ -24,6 +24,8 @@ otherwise.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -63,6 +65,8 @@ NOT_FINAL_REFUND = OPEN_REFUND + ACCEPTED_REFUND
 #: how many refunds of one surplus payment PaySvc makes by itself when the provider closes them after accepting
 SURPLUS_REFUND_ATTEMPTS = 3
 PAYLOAD_LIMIT = 65536
+#: how many orders a ledger remembers as it created them until their first offer (:meth:`Ledger.order_and_offer`)
+FRESH_ORDERS = 1024
 
 #: job kinds the ledger enqueues (handlers in :mod:`.background`)
 JOB_CLOSE_TRADES = "pays.close_trades"
@@ -268,6 +272,9 @@ class Ledger:
         #: which rejected notifications are stored (:mod:`.rejections`)
         self.rejections = rejections or RejectionLimiter()
         self._ready = False
+        #: orders this ledger created and has not offered, closed or seen paid since: their rows as written
+        self._fresh: OrderedDict[str, Row] = OrderedDict()
+        self._fresh_lock = threading.Lock()
 
     # -- plumbing -----------------------------------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -400,7 +407,15 @@ class Ledger:
     def order_and_offer(self, order_id: str, provider: str, pay_type: str,
                         valid_until: datetime) -> tuple[Row | None, Row | None]:
         """The order (or None) and its latest prepared trade with ``provider`` of ``pay_type`` whose pay URL is still
-        valid at ``valid_until`` (or None), read together in one statement."""
+        valid at ``valid_until`` (or None), read together in one statement.
+
+        The first call for an order this ledger created (and has not closed or seen paid) reads nothing: the order
+        as it was written, without an offer. What another process may have done to it meanwhile (closed it, offered
+        it) is met by :meth:`record_prepared`'s conditional write, which the caller makes before handing out a trade;
+        the columns taken from the row (subject, amount, payment window) never change."""
+        fresh = self._forget_fresh(order_id)
+        if fresh is not None:
+            return fresh, None
         with self._reading() as conn:
             row = conn.first(ORDER_AND_OFFER, {"orderId": order_id, "provider": provider, "payType": pay_type,
                                                "validUntil": valid_until})
@@ -503,10 +518,11 @@ class Ledger:
                 self.ensure_schema()  # nothing to announce: the insert alone, one statement in autocommit
                 with self.db.autocommit() as conn:
                     conn.rowcount(INSERT_ORDER, columns)
-                return row, True
-            with self._write() as tx:
-                tx.fast.rowcount(INSERT_ORDER, columns)
-                self._publish(tx, "jit_order_created", row.orderId, order=self.order_dict(row))
+            else:
+                with self._write() as tx:
+                    tx.fast.rowcount(INSERT_ORDER, columns)
+                    self._publish(tx, "jit_order_created", row.orderId, order=self.order_dict(row))
+            self._remember_fresh(row)
             return row, True
         except IntegrityError:
             existing = self.order(values["orderId"])
@@ -514,10 +530,23 @@ class Ledger:
                 raise
             return existing, False
 
+    def _remember_fresh(self, row: Row) -> None:
+        """Remember an order this ledger just created, as written (the newest :data:`FRESH_ORDERS`)."""
+        with self._fresh_lock:
+            self._fresh[row.orderId] = row
+            if len(self._fresh) > FRESH_ORDERS:
+                self._fresh.popitem(last=False)
+
+    def _forget_fresh(self, order_id: str) -> Row | None:
+        """Forget an order remembered by :meth:`_remember_fresh`; its row if it was."""
+        with self._fresh_lock:
+            return self._fresh.pop(order_id, None)
+
     def close_order(self, order_id: str, audit: Audit, outcome: str = "pending->closed") -> bool:
         """Move a pending order to ``closed`` (from then on no trade of it is accepted, and ``getPayUrl`` refuses
         it), announce it and enqueue closing its trades at every provider it has one with. True if this call
         closed it."""
+        self._forget_fresh(order_id)
         with self._write() as tx:
             moved = tx.conn.execute(update(ORDERS).where(ORDERS.c.orderId == order_id, ORDERS.c.status == "pending")
                                     .values(status="closed", updatedAt=utcnow())).rowcount == 1
@@ -621,6 +650,7 @@ class Ledger:
         with it (its ``settle`` does something where the payment was taken; the default ``settle`` does not)."""
         now = utcnow()
         paid_at = as_utc(payTime) or now
+        self._forget_fresh(order_id)
         with self._write() as tx:
             fast = tx.fast
             # the order is locked until the commit: its status read here is the one the updates below meet, and no
