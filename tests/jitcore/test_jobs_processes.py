@@ -256,7 +256,9 @@ def test_several_processes_drain_one_queue_without_running_a_job_twice(
             conn.execute(text("CREATE TABLE test_conflict (job_id BIGINT)"))
             conn.execute(text("CREATE TABLE test_run (job_id BIGINT, pid INTEGER)"))
         with app.engine.begin() as conn:
-            ids = {app.jobs.enqueue(conn, "test.marker", {"sleep": 0.002}) for _ in range(count)}
+            # long enough that both runners surely take jobs (with 2 ms jobs on SQLite one runner might drain them all)
+            sleep = 0.002 if backend == "postgresql" else 0.01
+            ids = {app.jobs.enqueue(conn, "test.marker", {"sleep": sleep}) for _ in range(count)}
         started = time.monotonic()
 
         def drained() -> bool:
