@@ -170,23 +170,6 @@ class Conn:
         row = compiled.row
         return [row(raw) for raw in raws]
 
-    def many(self, *queries: tuple[Any, Mapping[str, Any] | None]) -> list[list[Any]]:
-        """Every row of each ``(statement, params)``: on PostgreSQL sent together in one round trip (psycopg's
-        pipeline mode), elsewhere one after the other."""
-        if self.db.name != "postgresql" or not hasattr(self.dbapi, "pipeline"):
-            return [self.all(statement, params) for statement, params in queries]
-        compiled = [(self.db.compiled(statement), params) for statement, params in queries]
-        try:
-            with self.dbapi.pipeline():
-                cursors = [self.dbapi.execute(c.sql, c.parameters(params)) for c, params in compiled]
-            results = [[c.row(raw) for raw in cursor.fetchall()] for (c, _), cursor in zip(compiled, cursors)]
-        except self.db.dbapi_error as error:
-            raise self.db.translate(error, "; ".join(c.sql for c, _ in compiled), None, self._invalidate,
-                                    self.dbapi) from error
-        for cursor in cursors:
-            cursor.close()
-        return results
-
     def scalar(self, statement: Any, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row (converted), or None."""
         row = self.first(statement, params)

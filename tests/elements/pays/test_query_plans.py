@@ -27,8 +27,8 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 #: the ledger's compiled statements, with values for their parameters
 LEDGER = {name: getattr(ledger, name) for name in (
     "ORDER_BY_ID", "ORDER_BY_ID_LOCKED", "PAYMENTS_OF_ORDER", "PAYMENT_BY_ID", "REFUNDS_OF_ORDER", "REFUND_BY_ID",
-    "REFUND_BY_REFUND_ID", "OFFERED_PROVIDERS", "ORDER_AND_OFFER", "PAYMENT_BY_REFERENCE", "ORDER_STILL_PENDING",
-    "PAYMENT_OFFER", "PAYMENT_CAPTURED", "ORDER_ACCEPTED")}
+    "REFUND_BY_REFUND_ID", "OFFERED_PROVIDERS", "ORDER_AND_OFFER", "ORDER_WITH_PAYMENTS", "PAYMENT_BY_REFERENCE",
+    "ORDER_STILL_PENDING", "PAYMENT_OFFER", "PAYMENT_CAPTURED", "ORDER_ACCEPTED")}
 #: PostgreSQL's only
 POSTGRESQL_LEDGER = {name: getattr(ledger, name) for name in ("NEW_OFFER_OF_PENDING_ORDER", "CAPTURED_AND_ACCEPTED")}
 LEDGER_VALUES = {"orderId": "O20261125120000000000ABCDEFGH", "id": 1, "refundId": "R1", "provider": "pays.AliPayType",
@@ -37,7 +37,8 @@ LEDGER_VALUES = {"orderId": "O20261125120000000000ABCDEFGH", "id": 1, "refundId"
                  "expiresAt": NOW, "updatedAt": NOW, "paidAt": NOW, "payTime": NOW, "providerName": "Alipay",
                  "amountFen": 9999, "status": "prepared", "reservedFen": 0, "refundedFen": 0, "checkedAt": None,
                  "createdAt": NOW,
-                 **{f"audit_{name}": value for name, value in ledger.audit_values("notify", "pending->success").items()}}
+                 **{f"audit_{name}": value
+                    for name, value in ledger.audit_values("notify", "pending->success").items()}}
 #: the job queue's
 JOBS = {name: getattr(jobs, name) for name in (
     "JOB_BY_ID", "SEQUENCE_BUSY", "ANY_CLAIMABLE", "CLAIMABLE", "CLAIMABLE_LOCKED", "CLAIMABLE_BY_ID", "TAKE",

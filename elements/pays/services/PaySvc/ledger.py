@@ -101,6 +101,13 @@ ORDER_AND_OFFER = (
                                   .order_by(PAYMENTS.c.updatedAt.desc()).limit(1).scalar_subquery()))
     .where(ORDERS.c.orderId == bindparam("orderId")))
 ORDER_BY_ID_LOCKED = ORDER_BY_ID.with_for_update()
+#: the order with each of its payments (``payment_*``; one row, all of them None, when it has none), oldest first,
+#: and whether it has any refund (``hasRefunds``): what ``query`` shows, in one statement (one snapshot)
+ORDER_WITH_PAYMENTS = (
+    select(ORDERS, *[column.label(f"payment_{column.name}") for column in PAYMENTS.c],
+           exists(select(REFUNDS.c.id).where(REFUNDS.c.orderId == bindparam("orderId"))).label("hasRefunds"))
+    .select_from(ORDERS.outerjoin(PAYMENTS, PAYMENTS.c.orderId == ORDERS.c.orderId))
+    .where(ORDERS.c.orderId == bindparam("orderId")).order_by(PAYMENTS.c.id))
 PAYMENT_BY_REFERENCE = select(PAYMENTS).where(PAYMENTS.c.orderId == bindparam("orderId"),
                                               PAYMENTS.c.provider == bindparam("provider"),
                                               PAYMENTS.c.reference == bindparam("reference"))
@@ -365,13 +372,19 @@ class Ledger:
             return conn.first(ORDER_BY_ID, {"orderId": order_id})
 
     def order_details(self, order_id: str) -> tuple[Row | None, list[Row], list[Row]]:
-        """The order (or None), its payments and its refunds, oldest first, read on one connection (on PostgreSQL in
-        one round trip)."""
+        """The order (or None), its payments and its refunds, oldest first: the order and its payments in one
+        statement, the refunds in a second one only if there are any."""
         key = {"orderId": order_id}
         with self._reading() as conn:
-            orders, payments, refunds = conn.many((ORDER_BY_ID, key), (PAYMENTS_OF_ORDER, key),
-                                                  (REFUNDS_OF_ORDER, key))
-        return (orders[0], payments, refunds) if orders else (None, [], [])
+            rows = conn.all(ORDER_WITH_PAYMENTS, key)
+            refunds = conn.all(REFUNDS_OF_ORDER, key) if rows and rows[0].hasRefunds else []
+        if not rows:
+            return None, [], []
+        orders = len(ORDERS.columns)
+        payments = orders + len(PAYMENTS.columns)
+        payment = self.db.compiled(PAYMENT_BY_ID).row_from
+        return (self.db.compiled(ORDER_BY_ID).row_from(rows[0][:orders]),
+                [payment(row[orders:payments]) for row in rows if row.payment_id is not None], refunds)
 
     def payments(self, order_id: str) -> list[Row]:
         """The order's payments, oldest first."""
