@@ -206,10 +206,13 @@ def test_get_pay_url_racing_close(live: LiveApp, monkeypatch: pytest.MonkeyPatch
     assert queries[wx_id]["refunds"] == []
 
 
-def test_get_pay_url_after_another_process_closed_or_offered_the_order(live: LiveApp) -> None:
+@pytest.mark.parametrize("fullName", [ALIPAY, WECHAT])
+def test_get_pay_url_after_another_process_closed_or_offered_the_order(live: LiveApp, fullName: str) -> None:
     """The first getPayUrl after create does not read the order back (the ledger remembers it as written): what
     another process did to it meanwhile is still met. Closed there: getPayUrl fails with the order's state and the
-    new trade is recorded and closed. Offered there: the same trade is offered again, never a second one."""
+    new trade is recorded and closed. Offered there: the same trade is offered again (WeChat Pay's unifiedorder asked
+    twice for one out_trade_no), never a second one."""
+    sandbox = alipay(live) if fullName == ALIPAY else wechat(live)
     other = jitcore.load_app(live.yaml_path)  # another process on the same database
     try:
         elsewhere = other.getElement("pays.services.PaySvc")
@@ -217,18 +220,20 @@ def test_get_pay_url_after_another_process_closed_or_offered_the_order(live: Liv
         closed_id = pay.create(subject="Closed elsewhere", amount="2.34")["orderId"]
         assert elsewhere.close(orderId=closed_id)["status"] == "closed"
         with pytest.raises(OrderClosed):
-            pay.getPayUrl(orderId=closed_id, fullName=ALIPAY, payType="pc")
+            pay.getPayUrl(orderId=closed_id, fullName=fullName, payType="pc")
         drain(live)
-        order = pay.query(orderId=closed_id)
-        assert order["status"] == "closed" and payment_of(order, ALIPAY, closed_id)["status"] == "closed"
+        [closed_trade] = pay.query(orderId=closed_id)["payments"]
+        assert (closed_trade["fullName"], closed_trade["status"]) == (fullName, "closed")
 
         offered_id = pay.create(subject="Offered elsewhere", amount="2.34")["orderId"]
-        first = elsewhere.getPayUrl(orderId=offered_id, fullName=ALIPAY, payType="pc")
-        again = pay.getPayUrl(orderId=offered_id, fullName=ALIPAY, payType="pc")
+        first = elsewhere.getPayUrl(orderId=offered_id, fullName=fullName, payType="pc")
+        [offered] = pay.query(orderId=offered_id)["payments"]
+        again = pay.getPayUrl(orderId=offered_id, fullName=fullName, payType="pc")
         assert again["orderId"] == first["orderId"] == offered_id
         [trade] = pay.query(orderId=offered_id)["payments"]
-        assert trade["reference"] == offered_id and trade["status"] == "prepared"
-        assert alipay(live).pay(offered_id) is True
+        assert (trade["paymentId"], trade["reference"], trade["status"]) == (offered["paymentId"], offered["reference"],
+                                                                            "prepared")
+        assert sandbox.pay(trade["reference"]) is True
         deliver(*take_notifications(live))
         assert_money_invariant(live, closed_id, offered_id)
         assert pay.query(orderId=offered_id)["status"] == "success"
