@@ -380,11 +380,16 @@ class Ledger:
             refunds = conn.all(REFUNDS_OF_ORDER, key) if rows and rows[0].hasRefunds else []
         if not rows:
             return None, [], []
+        split = [self._order_and_payment(row) for row in rows]
+        return split[0][0], [payment for _, payment in split if payment is not None], refunds
+
+    def _order_and_payment(self, row: Any) -> tuple[Row, Row | None]:
+        """A row of ORDER_AND_OFFER or ORDER_WITH_PAYMENTS split into the order and the payment joined to it (None
+        when none was: its columns are all None)."""
         orders = len(ORDERS.columns)
-        payments = orders + len(PAYMENTS.columns)
-        payment = self.db.compiled(PAYMENT_BY_ID).row_from
-        return (self.db.compiled(ORDER_BY_ID).row_from(rows[0][:orders]),
-                [payment(row[orders:payments]) for row in rows if row.payment_id is not None], refunds)
+        payment = row[orders:orders + len(PAYMENTS.columns)]
+        return (self.db.compiled(ORDER_BY_ID).row_from(row[:orders]),
+                self.db.compiled(PAYMENT_BY_ID).row_from(payment) if payment[0] is not None else None)
 
     def payments(self, order_id: str) -> list[Row]:
         """The order's payments, oldest first."""
@@ -432,12 +437,7 @@ class Ledger:
         with self._reading() as conn:
             row = conn.first(ORDER_AND_OFFER, {"orderId": order_id, "provider": provider, "payType": pay_type,
                                                "validUntil": valid_until})
-        if row is None:
-            return None, None
-        columns = len(ORDERS.columns)
-        order = self.db.compiled(ORDER_BY_ID).row_from(row[:columns])
-        offer = self.db.compiled(PAYMENT_BY_ID).row_from(row[columns:]) if row.offer_id is not None else None
-        return order, offer
+        return self._order_and_payment(row) if row is not None else (None, None)
 
     def sweep_candidates(self, *, checked_before: datetime, created_before: datetime, limit: int) -> list[Row]:
         """Trades that may still capture money, not asked about since ``checked_before``, created before
@@ -629,11 +629,11 @@ class Ledger:
             "refundedFen": 0, "createdAt": now, "updatedAt": now})[0]
 
     def _capture(self, fast: Conn, order_id: str, payment_id: int, *, provider: str, tradeNo: str | None,
-                 paidAt: datetime, now: datetime, audit: Audit | None) -> bool:
+                 paid_at: datetime, now: datetime, audit: Audit | None) -> bool:
         """Record payment ``payment_id`` paid, under the lock of its order. With ``audit``, as the accepted payment
         of the pending order: the order becomes ``success`` and the audit records ``pending->success`` (on PostgreSQL
         in one statement); else as a surplus. False, and nothing changed, if the payment was captured already."""
-        values = {"paymentId": payment_id, "tradeNo": tradeNo, "paidAt": paidAt, "payTime": paidAt, "now": now,
+        values = {"paymentId": payment_id, "tradeNo": tradeNo, "paidAt": paid_at, "payTime": paid_at, "now": now,
                   "orderId": order_id, "provider": provider, "role": "accepted" if audit is not None else "surplus"}
         if audit is None:
             return fast.rowcount(PAYMENT_CAPTURED, values) == 1
@@ -679,7 +679,7 @@ class Ledger:
             payment = self._find_or_add_payment(tx, order, payments, provider, providerName, reference, tradeNo)
             accepted = order.status == "pending"
             role = "accepted" if accepted else "surplus"
-            if not self._capture(fast, order_id, payment.id, provider=provider, tradeNo=tradeNo, paidAt=paid_at,
+            if not self._capture(fast, order_id, payment.id, provider=provider, tradeNo=tradeNo, paid_at=paid_at,
                                  now=now, audit=audit if accepted else None):
                 self._audit(tx, audit.values("unchanged", order_id, message="already processed"))
                 return PaidOutcome("known", payment, order)
