@@ -21,8 +21,9 @@ recorded in the audit log; duplicates are idempotent; statuses map as documented
 errors carry codes; money a closed order did not need goes back. A provider whose payments can fail (the provider
 reports a trade failed) includes :class:`FailedPaymentConformance` as well; one whose payments cannot (Alipay: a
 trade is paid, pending or closed) leaves it out, so nothing is skipped for it. Likewise a provider whose refunds can
-finish after the refund call (``RefundResult.status`` ``processing``: WeChat Pay) includes
-:class:`LateRefundConformance`. A gateway that cannot simulate an outage skips that one test, saying why.
+finish after the refund call (``RefundResult.status`` ``processing``: WeChat Pay; Alipay when no money moved yet)
+includes :class:`LateRefundConformance`, and one whose refunds can end ``abnormal`` (WeChat Pay) also
+:class:`AbnormalRefundConformance`. A gateway that cannot simulate an outage skips that one test, saying why.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from elements.pays.errors import PayError
 from elements.pays.Meta import NotifyReply, NotifyRequest, PayProvider
 
 __all__ = ["ConformanceGateway", "ConformanceSetup", "ProviderConformance", "FailedPaymentConformance",
-           "LateRefundConformance", "Delivered"]
+           "LateRefundConformance", "AbnormalRefundConformance", "Delivered"]
 
 PAYSVC = "pays.services.PaySvc"
 PROVIDER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -86,13 +87,14 @@ class ConformanceGateway:
         raise NotImplementedError
 
     def refunds_wait(self, wait: bool) -> None:
-        """While ``wait``, the gateway accepts new refunds without finishing them (until :meth:`end_refund`). Needed
-        by :class:`LateRefundConformance` only."""
+        """While ``wait``, the gateway accepts new refunds without finishing them (until :meth:`end_refund`); once
+        ``wait`` is off again, new refunds are made at once. Needed by :class:`LateRefundConformance` only."""
         raise NotImplementedError
 
     def end_refund(self, refundId: str, outcome: Literal["success", "closed", "abnormal"]) -> None:
-        """The gateway ends an accepted refund: refunded, closed (nothing refunded) or abnormal (not refunded; an
-        abnormal refund may still end ``success``). Needed by :class:`LateRefundConformance` only."""
+        """The gateway ends an accepted refund: refunded, closed (nothing refunded, and nothing will be) or abnormal
+        (not refunded; an abnormal refund may still end ``success``). Needed by :class:`LateRefundConformance`
+        (``success``, ``closed``) and :class:`AbnormalRefundConformance` (``abnormal``) only."""
         raise NotImplementedError
 
 
@@ -310,8 +312,9 @@ class FailedPaymentConformance:
 
 class LateRefundConformance:
     """The conformance tests of refunds that finish after the refund call, for a provider that answers a refund
-    ``processing`` and implements ``refund_state`` (WeChat Pay). Include it beside :class:`ProviderConformance`; the
-    gateway implements :meth:`ConformanceGateway.refunds_wait` and :meth:`ConformanceGateway.end_refund`."""
+    ``processing`` and implements ``refund_state`` (WeChat Pay, Alipay). Include it beside
+    :class:`ProviderConformance`; the gateway implements :meth:`ConformanceGateway.refunds_wait` and
+    :meth:`ConformanceGateway.end_refund` (``success``, ``closed``)."""
 
     def test_a_refund_on_its_way_counts_once_it_succeeded(self, kit: "Kit") -> None:
         order_id = kit.paid_and_notified()
@@ -344,6 +347,13 @@ class LateRefundConformance:
         assert kit.svc.refund(order_id, refundId="CONF-LATE4")["status"] == "confirmed"  # refundable again
         assert kit.order(order_id)["status"] == "refunded"
         kit.assert_money(order_id, captured=kit.setup.amount)
+
+
+
+class AbnormalRefundConformance:
+    """The conformance test of refunds a provider accepted and then could not pay back the way the money came
+    (``RefundResult.status`` ``abnormal``: WeChat Pay). Include it beside :class:`LateRefundConformance`; the gateway's
+    :meth:`ConformanceGateway.end_refund` takes ``abnormal``."""
 
     def test_an_abnormal_refund_stays_counted_until_it_succeeds(self, kit: "Kit") -> None:
         order_id = kit.paid_and_notified()

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from elements.pays.Meta import NotifyRequest
-from elements.pays.testing import (ConformanceGateway, ConformanceSetup, FailedPaymentConformance,
-                                   LateRefundConformance, ProviderConformance)
+from elements.pays.testing import (AbnormalRefundConformance, ConformanceGateway, ConformanceSetup,
+                                   FailedPaymentConformance, LateRefundConformance, ProviderConformance)
 from jitpay_sandbox import sandbox_of
 from jitpay_wechatpay_v3.client import WechatV3Api
 
@@ -103,7 +103,8 @@ def v3_setup(tmp_path: Path, v3_keys: Path, request: pytest.FixtureRequest) -> I
 
 
 @pytest.mark.parametrize("v3_setup", ["publicKey", "certificate"], indirect=True)
-class TestWechatPayV3Conformance(ProviderConformance, FailedPaymentConformance, LateRefundConformance):
+class TestWechatPayV3Conformance(ProviderConformance, FailedPaymentConformance, LateRefundConformance,
+                                 AbnormalRefundConformance):
     @pytest.fixture
     def conformance(self, v3_setup: ConformanceSetup) -> ConformanceSetup:
         return v3_setup

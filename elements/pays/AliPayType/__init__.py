@@ -298,27 +298,86 @@ class AliPayType(PayProvider):
         retried refund is harmless. The trade is named by ``trade_no=order.tradeNo`` when given (Alipay's own key,
         which it prefers), together with ``out_trade_no`` = ``order.reference`` (the order id when the reference is
         absent or not an Alipay ``out_trade_no``); Alipay refuses the pair if they are not one trade.
-        ``order.amount`` is what that trade captured."""
+        ``order.amount`` is what that trade captured.
+
+        Alipay's ``10000`` only says the call went through: the money moved if the answer says ``fund_change: "Y"``.
+        Any other answer (``"N"``: nothing moved by this call, e.g. the same ``out_request_no`` again, or a refund
+        not made yet) is ``processing``, and :meth:`refund_state` finds out."""
         refund_amount = self._amount(amount)
         if totalRefunded > order.amount:
             raise RefundInvalid(f"refunds of order {order.orderId} would total {totalRefunded}, more than its "
                                 f"{order.amount}")
         if not refundId or len(refundId) > 64:
             raise RefundInvalid("refundId must be 1 to 64 characters (Alipay's out_request_no)")
-        out_trade_no = order.reference if order.reference and OUT_TRADE_NO.fullmatch(order.reference) else order.orderId
-        biz: dict[str, Any] = {"out_trade_no": out_trade_no, "refund_amount": refund_amount,
+        out_trade_no = self._refund_out_trade_no(order)
+        biz: dict[str, Any] = {**self._trade_key(order, out_trade_no), "refund_amount": refund_amount,
                                "out_request_no": refundId}
-        if order.tradeNo:
-            biz["trade_no"] = order.tradeNo
         if reason:
             biz["refund_reason"] = reason[:256]
         content = self.gateway.call("alipay.trade.refund", biz)
-        self._check_out_trade_no(content, out_trade_no, "alipay.trade.refund")
+        self._check_trade_echo(content, order, out_trade_no, "alipay.trade.refund")
+        return RefundResult(refundId=refundId, amount=Decimal(refund_amount), refundNo=None, raw=content,
+                            status="success" if content.get("fund_change") == "Y" else "processing")
+
+    def refund_state(self, order: OrderView, refundId: str, amount: Decimal) -> RefundResult:
+        """Where refund ``refundId`` stands, by ``alipay.trade.fastpay.refund.query``: Alipay made it if the answer
+        carries the refund (its ``refund_amount``; ``refund_status``, when present, ``REFUND_SUCCESS``). An answer
+        without it means the refund was not made (Alipay: "not received, or failed"; a query within seconds of the
+        refund may not see it yet). Alipay's advice is to send the refund again with the same ``out_request_no``,
+        which it makes at most once: that is done here, and its answer says ``success`` (``fund_change: "Y"``) or
+        ``processing``. If Alipay definitely refuses it (a business error other than a system error) and the query
+        still does not find it, nothing was refunded: ``closed``. Anything else raises :class:`ProviderError`
+        (PaySvc asks again later)."""
+        found = self._query_refund(order, refundId)
+        if found is not None:
+            return found
+        try:
+            return self.refund(order, refundId, amount, amount)
+        except ProviderError as exc:
+            details = exc.details or {}
+            definite = (details.get("failure") == "business" and details.get("signed")
+                        and not (exc.provider_code or "").upper().endswith("SYSTEM_ERROR"))
+            if not definite:
+                raise
+            found = self._query_refund(order, refundId)  # made after all, between the first question and now?
+            if found is not None:
+                return found
+            return RefundResult(refundId=refundId, amount=amount, refundNo=None, status="closed",
+                                raw={"sub_code": exc.provider_code, "sub_msg": exc.provider_message})
+
+    def _query_refund(self, order: OrderView, refundId: str) -> RefundResult | None:
+        """``alipay.trade.fastpay.refund.query`` for ``refundId``: the refund made (``success``, with the amount
+        Alipay gives), or None if Alipay does not report it made."""
+        out_trade_no = self._refund_out_trade_no(order)
+        method = "alipay.trade.fastpay.refund.query"
+        content = self.gateway.call(method, {**self._trade_key(order, out_trade_no), "out_request_no": refundId})
+        self._check_trade_echo(content, order, out_trade_no, method)
+        text, status = content.get("refund_amount"), content.get("refund_status")
+        if text in (None, "") or status not in (None, "", "REFUND_SUCCESS"):
+            return None
+        refunded = parse_amount(text)
+        if refunded is None or content.get("out_request_no") not in (None, refundId):
+            raise ProviderError(f"Alipay {method}: the response is about another refund, or its refund_amount is "
+                                f"not an amount", details={"failure": "invalid_response", "method": method})
+        return RefundResult(refundId=refundId, amount=refunded, refundNo=None, raw=content)
+
+    @staticmethod
+    def _refund_out_trade_no(order: OrderView) -> str:
+        """The ``out_trade_no`` of the trade a refund is about: ``order.reference`` if it is one, else the order id."""
+        return order.reference if order.reference and OUT_TRADE_NO.fullmatch(order.reference) else order.orderId
+
+    @staticmethod
+    def _trade_key(order: OrderView, out_trade_no: str) -> dict[str, str]:
+        """The trade's names in a request: ``out_trade_no``, and ``trade_no`` when known (Alipay prefers it)."""
+        return {"out_trade_no": out_trade_no, **({"trade_no": order.tradeNo} if order.tradeNo else {})}
+
+    def _check_trade_echo(self, content: Mapping[str, Any], order: OrderView, out_trade_no: str, method: str) -> None:
+        """An answer about another trade than the one asked about is refused (:class:`ProviderError`)."""
+        self._check_out_trade_no(content, out_trade_no, method)
         echoed_trade_no = content.get("trade_no")
         if order.tradeNo and echoed_trade_no is not None and echoed_trade_no != order.tradeNo:
-            raise ProviderError("Alipay alipay.trade.refund: the response is about another trade_no",
-                                details={"failure": "invalid_response", "method": "alipay.trade.refund"})
-        return RefundResult(refundId=refundId, amount=Decimal(refund_amount), refundNo=None, raw=content)
+            raise ProviderError(f"Alipay {method}: the response is about another trade_no",
+                                details={"failure": "invalid_response", "method": method})
 
     def notify_url(self) -> str:
         """``config.notifyUrl``, else ``{baseUrl}/api/{appId}/pays/services/PaySvc/alipayNotify``."""

@@ -23,10 +23,21 @@ tries), ``notifyTimeout`` (seconds, default 5), ``timestampTolerance`` (seconds 
 default 1800) and ``notifyMode`` (``send``, the default: post notifications; ``hold``: keep them for a test to deliver,
 see :meth:`AlipaySandbox.take_notifications`).
 
+Refunds move the money at once (``fund_change: "Y"``) unless :attr:`~AlipaySandbox.refunds_wait` is set: then
+``alipay.trade.refund`` answers ``10000`` with ``fund_change: "N"`` (the call went through, no money moved yet) and
+``alipay.trade.fastpay.refund.query`` finds nothing for that ``out_request_no`` until
+:meth:`~AlipaySandbox.finish_refund` ends it: ``SUCCESS`` (refunded, found by the query) or ``FAILED`` (Alipay did not
+refund it: the query still finds nothing, and sending the same ``out_request_no`` again makes the refund anew).
+:attr:`~AlipaySandbox.refunds_refused` refuses every new refund with that ``sub_code`` (say
+``ACQ.SELLER_BALANCE_NOT_ENOUGH``). Asking again with an ``out_request_no`` Alipay already refunded answers
+``fund_change: "N"`` and moves nothing, as Alipay does.
+
 For tests, the sandbox object (``route.endpoint.__self__`` of its routes, or :func:`jitpay_sandbox.sandbox_of`) has a
 thread-safe Python API: :meth:`~AlipaySandbox.pay`, :meth:`~AlipaySandbox.trade`, :meth:`~AlipaySandbox.captured`,
 :meth:`~AlipaySandbox.refunded`, :meth:`~AlipaySandbox.references`, :meth:`~AlipaySandbox.held_notifications`,
-:meth:`~AlipaySandbox.take_notifications` and :attr:`~AlipaySandbox.notify_mode`.
+:meth:`~AlipaySandbox.take_notifications`, :meth:`~AlipaySandbox.finish_refund`,
+:meth:`~AlipaySandbox.processing_refunds`, :attr:`~AlipaySandbox.refunds_wait`, :attr:`~AlipaySandbox.refunds_refused`
+and :attr:`~AlipaySandbox.notify_mode`.
 """
 
 from __future__ import annotations
@@ -235,6 +246,10 @@ class SandboxTrade:
     buyer_logon_id: str = ""
     passback_params: str | None = None
     refunds: dict[str, tuple[Decimal, datetime]] = field(default_factory=dict)
+    #: refunds the gateway took without moving money yet (``refunds_wait``): ``out_request_no`` -> amount
+    waiting_refunds: dict[str, Decimal] = field(default_factory=dict)
+    #: refunds ended ``FAILED`` (nothing refunded) and not sent again since
+    failed_refunds: set[str] = field(default_factory=set)
     notify_attempts: list[dict[str, Any]] = field(default_factory=list)
     notify_delivered: bool = False
 
@@ -249,6 +264,10 @@ class AlipaySandbox(SandboxBase):
     notifications and most of the Python API for tests are :class:`~jitpay_sandbox.common.SandboxBase`'s."""
 
     provider: ClassVar[str] = "alipay"
+    #: hold new refunds (``fund_change: "N"``, not found by the refund query) until :meth:`finish_refund` ends them
+    refunds_wait: bool = False
+    #: when set, a ``sub_code`` (e.g. ``ACQ.SELLER_BALANCE_NOT_ENOUGH``) every new refund is refused with
+    refunds_refused: str | None = None
 
     def __init__(self, *, app_id: str, seller_id: str, app_public_key: rsa.RSAPublicKey,
                  gateway_private_key: rsa.RSAPrivateKey, merchant_name: str = "JitPay Sandbox Merchant",
@@ -327,6 +346,33 @@ class AlipaySandbox(SandboxBase):
             if trade is not None:
                 self._expire(trade)
             return trade
+
+    def finish_refund(self, out_request_no: str, outcome: str = "SUCCESS", out_trade_no: str | None = None) -> bool:
+        """End a refund held by :attr:`refunds_wait`: ``SUCCESS`` (refunded: the refund query finds it) or
+        ``FAILED`` (Alipay did not refund it: the query finds nothing, and the same ``out_request_no`` sent again is
+        made anew). ``out_trade_no`` names the trade when several hold that ``out_request_no``. True when this call
+        ended it; False when it was not waiting; ``KeyError`` for a refund the sandbox never saw."""
+        if outcome not in ("SUCCESS", "FAILED"):
+            raise ValueError(f"a held Alipay refund ends SUCCESS or FAILED, not {outcome!r}")
+        with self._lock:
+            trades = [t for t in self._trades.values() if out_trade_no in (None, t.out_trade_no)
+                      and any(out_request_no in known for known in (t.waiting_refunds, t.refunds, t.failed_refunds))]
+            if not trades:
+                raise KeyError(out_request_no)
+            trade = next((t for t in trades if out_request_no in t.waiting_refunds), None)
+            if trade is None:
+                return False
+            amount = trade.waiting_refunds.pop(out_request_no)
+            if outcome == "SUCCESS":
+                self._refund_now(trade, out_request_no, amount)
+            else:
+                trade.failed_refunds.add(out_request_no)
+            return True
+
+    def processing_refunds(self) -> list[tuple[str, str]]:
+        """``(out_trade_no, out_request_no)`` of every refund :attr:`refunds_wait` holds, oldest trade first."""
+        with self._lock:
+            return [(t.out_trade_no, request_no) for t in self._trades.values() for request_no in t.waiting_refunds]
 
     def _complete(self, trade: SandboxTrade, paid: bool) -> bool:
         """Pay ``trade`` (Alipay has no failed payments: a buyer who does not pay leaves the trade open)."""
@@ -559,26 +605,41 @@ class AlipaySandbox(SandboxBase):
         if not amount.is_finite() or amount <= 0 or amount != amount.quantize(Decimal("0.01")):
             raise _business("ACQ.INVALID_PARAMETER", "参数无效: refund_amount must be positive, two decimals")
         request_no = str(biz.get("out_request_no") or trade.out_trade_no)
-        previous = trade.refunds.get(request_no)
+        made = trade.refunds.get(request_no)
+        previous = made[0] if made is not None else trade.waiting_refunds.get(request_no)
         fund_change = "Y"
         if previous is not None:
-            if previous[0] != amount:
+            if previous != amount:
                 raise _business("ACQ.DISCORDANT_REPEAT_REQUEST", "不一致的请求: out_request_no was used with "
                                 "another refund_amount")
             fund_change = "N"  # the same refund again: nothing moves
         else:
             if trade.status not in PAID_STATES:
                 raise _business("ACQ.TRADE_STATUS_ERROR", "交易状态不合法")
-            if trade.refunded + amount > trade.total_amount:
+            if trade.refunded + sum(trade.waiting_refunds.values()) + amount > trade.total_amount:
                 raise _business("ACQ.REFUND_AMT_NOT_EQUAL_TOTAL", "退款金额超限")
-            trade.refunds[request_no] = (amount, _now())
-            if trade.refunded == trade.total_amount:
-                trade.status = TRADE_CLOSED
-                trade.gmt_close = _now()
-        return {"trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no,
-                "buyer_logon_id": trade.buyer_logon_id, "fund_change": fund_change,
-                "refund_fee": _money(trade.refunded), "gmt_refund_pay": _fmt(trade.refunds[request_no][1]),
-                "buyer_user_id": trade.buyer_id}
+            if self.refunds_refused:
+                raise _business(self.refunds_refused, "退款被拒绝 (sandbox: refunds_refused)")
+            trade.failed_refunds.discard(request_no)
+            if self.refunds_wait:
+                trade.waiting_refunds[request_no] = amount
+                fund_change = "N"  # taken, not moved yet: the refund query tells when it is
+            else:
+                self._refund_now(trade, request_no, amount)
+        content = {"trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no,
+                   "buyer_logon_id": trade.buyer_logon_id, "fund_change": fund_change,
+                   "refund_fee": _money(trade.refunded), "buyer_user_id": trade.buyer_id}
+        if request_no in trade.refunds:
+            content["gmt_refund_pay"] = _fmt(trade.refunds[request_no][1])
+        return content
+
+    @staticmethod
+    def _refund_now(trade: SandboxTrade, request_no: str, amount: Decimal) -> None:
+        """Move ``amount`` back to the buyer under ``request_no``; a trade refunded in full closes."""
+        trade.refunds[request_no] = (amount, _now())
+        if trade.refunded == trade.total_amount:
+            trade.status = TRADE_CLOSED
+            trade.gmt_close = _now()
 
     def _refund_query(self, request: Request, params: Mapping[str, str], biz: dict[str, Any]) -> dict[str, Any]:
         trade = self._existing(biz)

@@ -246,6 +246,46 @@ def test_fastpay_refund_query(merchant):
     assert "refund_amount" not in content
 
 
+def test_held_refunds_move_money_only_when_the_sandbox_ends_them(merchant):
+    """refunds_wait: fund_change N and nothing the refund query finds until finish_refund; a refund ended FAILED is
+    made anew when its out_request_no comes again; refunds_refused refuses new refunds outright."""
+    m = merchant
+    o = order("HELD_ORDER", "3.00")
+    _pay(m, m.provider.prepare(o, "pc").payUrl)
+    gateway, sandbox = m.provider.gateway, m.sandbox
+    sandbox.refunds_wait = True
+    try:
+        held = gateway.call("alipay.trade.refund", {"out_trade_no": "HELD_ORDER", "refund_amount": "1.00",
+                                                    "out_request_no": "H1"})
+        assert held["fund_change"] == "N" and held["refund_fee"] == "0.00"
+        assert sandbox.processing_refunds() == [("HELD_ORDER", "H1")] and sandbox.refunded("HELD_ORDER") == 0
+        query = {"out_trade_no": "HELD_ORDER", "out_request_no": "H1"}
+        assert "refund_amount" not in gateway.call("alipay.trade.fastpay.refund.query", query)
+        with pytest.raises(ProviderError) as caught:  # the held refund counts against the trade
+            gateway.call("alipay.trade.refund", {"out_trade_no": "HELD_ORDER", "refund_amount": "2.01",
+                                                 "out_request_no": "H2"})
+        assert caught.value.provider_code == "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"
+        assert sandbox.finish_refund("H1", "FAILED") and not sandbox.finish_refund("H1", "FAILED")
+        assert "refund_amount" not in gateway.call("alipay.trade.fastpay.refund.query", query)
+        sandbox.refunds_wait = False
+        again = gateway.call("alipay.trade.refund", {"out_trade_no": "HELD_ORDER", "refund_amount": "1.00",
+                                                     "out_request_no": "H1"})
+        assert again["fund_change"] == "Y" and again["refund_fee"] == "1.00"
+        assert gateway.call("alipay.trade.fastpay.refund.query", query)["refund_amount"] == "1.00"
+        sandbox.refunds_refused = "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+        with pytest.raises(ProviderError) as caught:
+            gateway.call("alipay.trade.refund", {"out_trade_no": "HELD_ORDER", "refund_amount": "1.00",
+                                                 "out_request_no": "H3"})
+        assert caught.value.provider_code == "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+        repeat = gateway.call("alipay.trade.refund", {"out_trade_no": "HELD_ORDER", "refund_amount": "1.00",
+                                                      "out_request_no": "H1"})
+        assert repeat["fund_change"] == "N" and sandbox.refunded("HELD_ORDER") == Decimal("1.00")  # made once
+        with pytest.raises(KeyError):
+            sandbox.finish_refund("NEVER")
+    finally:
+        sandbox.refunds_wait, sandbox.refunds_refused = False, None
+
+
 def test_local_checks_before_any_call(merchant):
     m = merchant
     with pytest.raises(UnsupportedPayType):

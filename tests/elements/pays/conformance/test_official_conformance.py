@@ -15,8 +15,8 @@ import pytest
 
 from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
 from elements.pays.Meta import NotifyRequest
-from elements.pays.testing import (ConformanceGateway, ConformanceSetup, FailedPaymentConformance,
-                                   Kit, LateRefundConformance, ProviderConformance, swapped)
+from elements.pays.testing import (AbnormalRefundConformance, ConformanceGateway, ConformanceSetup,
+                                   FailedPaymentConformance, Kit, LateRefundConformance, ProviderConformance, swapped)
 from elements.pays.WechatPayType.signing import calculate_sign
 from elements.pays.WechatPayType.wirexml import build_cdata_xml, parse_xml
 from jitpay_sandbox import sandbox_of
@@ -65,6 +65,18 @@ class AlipaySandbox(SandboxGateway):
     def outage(self) -> Any:
         return swapped(self.element.gateway, "gateway", f"{NOBODY}/gateway.do")
 
+    def refunds_wait(self, wait: bool) -> None:
+        self.sandbox.refunds_wait = wait  # held: fund_change N, not found by the refund query
+        if not wait:
+            self.sandbox.refunds_refused = None
+
+    def end_refund(self, refundId: str, outcome: Literal["success", "closed", "abnormal"]) -> None:
+        # Alipay has no abnormal refunds; "closed": not made, and refused outright when sent again
+        assert outcome in ("success", "closed"), outcome
+        assert self.sandbox.finish_refund(refundId, "SUCCESS" if outcome == "success" else "FAILED")
+        if outcome == "closed":
+            self.sandbox.refunds_refused = "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+
 
 class WechatSandbox(SandboxGateway):
     def fail(self, reference: str) -> bool:
@@ -106,7 +118,8 @@ def sandbox_app(tmp_path: Path) -> Iterator[Any]:
         yield live
 
 
-class TestAlipayConformance(ProviderConformance):  # an Alipay trade cannot fail: no FailedPaymentConformance
+class TestAlipayConformance(ProviderConformance, LateRefundConformance):  # a trade cannot fail, a refund not end
+    # abnormal: no FailedPaymentConformance, no AbnormalRefundConformance
     @pytest.fixture
     def conformance(self, sandbox_app: Any) -> ConformanceSetup:
         keys = sandbox_app.yaml_path.parent / ".sandbox"
@@ -114,7 +127,8 @@ class TestAlipayConformance(ProviderConformance):  # an Alipay trade cannot fail
                                 gateway=AlipaySandbox(sandbox_app.app, "alipay", keys))
 
 
-class TestWechatPayConformance(ProviderConformance, FailedPaymentConformance, LateRefundConformance):
+class TestWechatPayConformance(ProviderConformance, FailedPaymentConformance, LateRefundConformance,
+                               AbnormalRefundConformance):
     @pytest.fixture
     def conformance(self, sandbox_app: Any) -> ConformanceSetup:
         keys = sandbox_app.yaml_path.parent / ".sandbox"

@@ -4,7 +4,9 @@ Random interleavings of: creating orders; ``getPayUrl`` with Alipay and both WeC
 paying (or failing) any trade at any time, also after close, after another payment, after a refund, or every trade
 of one order at once; notifications delivered, dropped, duplicated and reordered; ``check``; ``close``; refunds
 (partial, full, repeated ids); WeChat Pay refunds that stay ``PROCESSING`` and end later ``SUCCESS``, ``CLOSED`` or
-``ABNORMAL``; job runs; and a process restart. When a run ends, WeChat Pay ends the refunds still on their way,
+``ABNORMAL``; Alipay refunds that move no money when made (``fund_change: "N"``) and end later made or not made (then
+sent again, and perhaps refused outright); job runs; and a process restart. When a run ends, the providers end the
+refunds still on their way,
 the jobs are drained on a clock hours ahead (the periodic sweep asks the providers about every trade that may have
 captured money, since notifications may have been dropped; refunds on their way are asked about) and then, for every
 order:
@@ -86,6 +88,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.pending: list[Any] = []    # notifications taken from the sandboxes, not delivered yet
         self.delivered: list[Any] = []
         self.world.sandbox("wechat").refunds_wait = True  # until a rule says otherwise
+        alipay = self.world.sandbox("alipay")
+        alipay.refunds_wait, alipay.refunds_refused = False, None
 
     @property
     def pay(self) -> Any:
@@ -158,6 +162,43 @@ class LedgerMachine(RuleBasedStateMachine):
         still succeed)."""
         waiting = self.world.sandbox("wechat").processing_refunds()
         self.world.sandbox("wechat").finish_refund(waiting[pick % len(waiting)], outcome)
+
+    @rule(wait=st.booleans(), refused=st.booleans())
+    def alipay_refunds_wait(self, wait: bool, refused: bool) -> None:
+        """Alipay's refunds from now on move no money when made (``fund_change: "N"``) until Alipay ends them (or
+        move it at once); with ``refused``, Alipay refuses new refunds outright (the seller's balance is short)."""
+        alipay = self.world.sandbox("alipay")
+        alipay.refunds_wait = wait
+        alipay.refunds_refused = "ACQ.SELLER_BALANCE_NOT_ENOUGH" if refused else None
+
+    @precondition(lambda self: self.world.sandbox("alipay").processing_refunds())
+    @rule(pick=PICK, outcome=st.sampled_from(["SUCCESS", "FAILED"]))
+    def alipay_ends_refund(self, pick: int, outcome: str) -> None:
+        """Alipay ends a refund it took without moving money: made, or not made (sent again later by JitPay)."""
+        waiting = self.world.sandbox("alipay").processing_refunds()
+        out_trade_no, request_no = waiting[pick % len(waiting)]
+        self.world.sandbox("alipay").finish_refund(request_no, outcome, out_trade_no=out_trade_no)
+
+    @rule(target=orders, how=st.sampled_from(["rest", "half"]), outcome=st.sampled_from(["SUCCESS", "FAILED"]))
+    def alipay_refund_takes_time(self, how: str, outcome: str) -> str:
+        """A new order paid with Alipay is refunded while Alipay's refunds move no money when made, and Alipay ends
+        that refund (so that every run meets them, not only when the dice line them up)."""
+        order = self.create("12.34")
+        self.get_pay_url(order, (ALIPAY, "pc"))
+        alipay = self.world.sandbox("alipay")
+        alipay.refunds_wait = True
+        alipay.pay(order)
+        for note in alipay.take_notifications():
+            if note.reference == order:
+                assert note.deliver().status_code == 200
+                self.delivered.append(note)
+            else:
+                self.pending.append(note)
+        self.refund(order, how, None)
+        for out_trade_no, request_no in alipay.processing_refunds():
+            if out_trade_no == order:
+                alipay.finish_refund(request_no, outcome, out_trade_no=out_trade_no)
+        return order
 
     @rule(target=orders, how=st.sampled_from(["rest", "half"]), outcome=st.sampled_from(["SUCCESS", "CLOSED",
                                                                                         "ABNORMAL"]))
@@ -247,6 +288,11 @@ class LedgerMachine(RuleBasedStateMachine):
         for n, refund in enumerate(wechat.processing_refunds()):
             if not (n % 2 == 0 and wechat.finish_refund(refund, "CLOSED")):
                 wechat.finish_refund(refund, "SUCCESS")
+        # Alipay too: every other one not made (JitPay sends it again, and Alipay now makes it), the rest made
+        alipay = self.world.sandbox("alipay")
+        alipay.refunds_wait, alipay.refunds_refused = False, None
+        for n, (out_trade_no, request_no) in enumerate(alipay.processing_refunds()):
+            alipay.finish_refund(request_no, "FAILED" if n % 2 == 0 else "SUCCESS", out_trade_no=out_trade_no)
         ahead = timedelta(0)
         for _ in range(3):  # nothing depends on a notification: the sweep finds what was dropped
             svc.sweep(min_age=timedelta(0), recheck=timedelta(0), limit=10_000)

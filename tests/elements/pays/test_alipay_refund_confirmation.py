@@ -1,0 +1,131 @@
+"""Alipay refunds whose money did not move when the refund call answered (``10000`` with ``fund_change: "N"``).
+
+Alipay's ``10000`` to ``alipay.trade.refund`` only says the call went through; the money moved if the answer says
+``fund_change: "Y"``. Otherwise ``alipay.trade.fastpay.refund.query`` tells: the refund is made when the query reports
+it; when it does not, Alipay did not make it, and the same ``out_request_no`` may be sent again (Alipay refunds each
+at most once). Against the Alipay sandbox over real HTTP with refunds held (``refunds_wait``) until the test ends
+them, on SQLite and on PostgreSQL.
+
+What must hold: such a refund is counted against its payment but not in the order's ``refundedAmount`` until Alipay
+reports it made; one Alipay did not make is sent again under its own id and counted once made; one Alipay then refuses
+outright gives the money back to the order and is announced. Every test ends with the money invariant."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from elements.pays.errors import RefundInvalid
+from elements.pays.Meta import OrderView
+from elements.pays.services.PaySvc.ledger import JOB_REFUND_STATE
+from tests.elements.pays.test_refund_finality import Later, refund_of
+from tests.support.live import LiveApp
+from tests.support.money import (ALIPAY, alipay, assert_money_invariant, deliver, event_names, events, money_app,
+                                 paysvc, pending_jobs, take_notifications)
+
+
+@pytest.fixture
+def live(tmp_path: Path, database: str | None) -> Iterator[LiveApp]:
+    with money_app(tmp_path, database) as app:
+        alipay(app).refunds_wait = True
+        yield app
+
+
+def paid_order(live: LiveApp, amount: str = "20.00") -> str:
+    """An order paid through the Alipay sandbox (its QR code trade), the notification delivered."""
+    pay = live.pay_service
+    order_id = pay.create(subject="Alipay refunds that take time", amount=amount)["orderId"]
+    pay.getPayUrl(orderId=order_id, fullName=ALIPAY, payType="pc")
+    assert alipay(live).pay(order_id)
+    deliver(*take_notifications(live))
+    assert pay.query(orderId=order_id)["status"] == "success"
+    return order_id
+
+
+def test_fund_change_n_is_not_counted_refunded_until_the_refund_query_finds_the_refund(live: LiveApp) -> None:
+    pay, ali, later = live.pay_service, alipay(live), Later(live)
+    order_id = paid_order(live)
+    refund = pay.refund(orderId=order_id, amount="5.00", refundId="R1")
+    assert refund["status"] == "processing"  # 10000, fund_change N; the query right away found nothing
+    order = pay.query(orderId=order_id)
+    assert (order["status"], order["refundedAmount"]) == ("success", 0)
+    assert ali.refunded(order_id) == 0 and ali.processing_refunds() == [(order_id, "R1")]
+    with pytest.raises(RefundInvalid):  # counted against the payment: never refunded twice
+        pay.refund(orderId=order_id, amount="15.01", refundId="R2")
+    assert pending_jobs(live, JOB_REFUND_STATE)
+
+    later.ask()  # still not made: asked again later (sending R1 again moved nothing, and made nothing twice)
+    assert refund_of(pay.query(orderId=order_id), "R1")["status"] == "processing"
+    assert ali.processing_refunds() == [(order_id, "R1")]
+
+    assert ali.finish_refund("R1", "SUCCESS")
+    later.ask()
+    order = assert_money_invariant(live, order_id, drained=True)[order_id]
+    assert refund_of(order, "R1")["status"] == "confirmed" and order["refundedAmount"] == 5
+    assert ali.refunded(order_id) == 5
+    assert not pending_jobs(live, JOB_REFUND_STATE)
+    assert event_names(order_id)[-1] == "refunded"
+
+
+def test_a_refund_alipay_did_not_make_is_sent_again_with_its_own_id_and_made_once(live: LiveApp) -> None:
+    pay, ali, later = live.pay_service, alipay(live), Later(live)
+    order_id = paid_order(live)
+    assert pay.refund(orderId=order_id, refundId="R1")["status"] == "processing"  # all of it
+    assert ali.finish_refund("R1", "FAILED")  # Alipay did not refund it: the query finds nothing
+    ali.refunds_wait = False
+    later.ask()  # not found: R1 sent again, made now (fund_change Y)
+    order = assert_money_invariant(live, order_id, drained=True)[order_id]
+    assert [(r["refundId"], r["status"]) for r in order["refunds"]] == [("R1", "confirmed")]
+    assert (order["status"], order["refundedAmount"]) == ("refunded", 20)
+    assert ali.refunded(order_id) == 20
+    trade = ali.trade(order_id)
+    assert trade is not None and list(trade.refunds) == ["R1"]  # one refund at Alipay, under the id JitPay gave
+
+    assert pay.refund(orderId=order_id, refundId="R1")["status"] == "confirmed"  # the same refund, nothing sent
+    later.ask()
+    assert ali.refunded(order_id) == 20
+
+
+def test_a_refund_alipay_did_not_make_and_then_refuses_gives_the_money_back_to_the_order(live: LiveApp) -> None:
+    pay, ali, later = live.pay_service, alipay(live), Later(live)
+    order_id = paid_order(live)
+    assert pay.refund(orderId=order_id, amount="8.00", refundId="R1")["status"] == "processing"
+    assert ali.finish_refund("R1", "FAILED")
+    ali.refunds_refused = "ACQ.SELLER_BALANCE_NOT_ENOUGH"  # sending R1 again is refused outright
+    later.ask()
+    order = pay.query(orderId=order_id)
+    refused = refund_of(order, "R1")
+    assert (refused["status"], refused["error"]["code"]) == ("refused", "REFUND_CLOSED")
+    assert (order["status"], order["refundedAmount"]) == ("success", 0)
+    [failed] = [e for e in events(order_id) if e.name == "refund-failed"]
+    assert failed.refund["refundId"] == "R1"
+    assert_money_invariant(live, order_id, drained=True)
+
+    ali.refunds_refused, ali.refunds_wait = None, False  # refundable again, in full, with a new refundId
+    assert pay.refund(orderId=order_id, refundId="R2")["status"] == "confirmed"
+    later.ask()
+    order = assert_money_invariant(live, order_id, drained=True)[order_id]
+    assert (order["status"], order["refundedAmount"]) == ("refunded", 20)
+
+
+def test_a_refund_made_while_the_answer_was_lost_is_confirmed_by_the_query(live: LiveApp) -> None:
+    """The refund call is sent again with the same id after an answer that was lost: Alipay moves nothing the second
+    time (fund_change N) and the query confirms the first."""
+    pay, ali, later = live.pay_service, alipay(live), Later(live)
+    ali.refunds_wait = False
+    order_id = paid_order(live)
+    order = pay.query(orderId=order_id)
+    [payment] = order["payments"]
+    view = OrderView(orderId=order_id, subject=order["subject"], amount=payment["amount"], createdAt=order["createdAt"],
+                     tradeNo=payment["tradeNo"], reference=payment["reference"])
+    first = paysvc(live).provider(ALIPAY).refund(view, "R1", Decimal("6.00"), Decimal("6.00"))
+    assert first.status == "success"  # made at Alipay; its answer never reached JitPay
+    refund = pay.refund(orderId=order_id, amount="6.00", refundId="R1")  # JitPay sends it again
+    assert refund["status"] == "confirmed"
+    assert ali.refunded(order_id) == 6
+    later.ask()
+    order = assert_money_invariant(live, order_id, drained=True)[order_id]
+    assert order["refundedAmount"] == 6
