@@ -457,9 +457,10 @@ class AliPayType(PayProvider):
             if paid is None:
                 raise NotifyInvalid("the Alipay notification's total_amount is missing or not an amount as Alipay "
                                     "writes it (\"12.34\")")
+        # a refund's notification names the refund by its out_request_no in out_biz_no: PaySvc asks where it stands
         return TradeState(orderId=out_trade_no, status=status, tradeNo=fields.get("trade_no") or None,
                           paidAmount=paid, payTime=pay_time if status in ("success", "refunded") else None,
-                          raw=dict(fields), reference=out_trade_no)
+                          raw=dict(fields), reference=out_trade_no, refundId=fields.get("out_biz_no") or None)
 
     def notify_reply(self, ok: bool, message: str = "") -> NotifyReply:
         """``success`` (Alipay stops retrying) or ``failure`` (it will notify again), as ``text/plain``."""

@@ -15,11 +15,13 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 
+from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
 from elements.pays.errors import RefundInvalid
-from elements.pays.Meta import OrderView
+from elements.pays.Meta import NotifyRequest, OrderView
 from elements.pays.services.PaySvc.ledger import JOB_REFUND_STATE
 from tests.elements.pays.test_refund_finality import Later, refund_of
 from tests.support.live import LiveApp
@@ -36,13 +38,19 @@ def live(tmp_path: Path, database: str | None) -> Iterator[LiveApp]:
 
 def paid_order(live: LiveApp, amount: str = "20.00") -> str:
     """An order paid through the Alipay sandbox (its QR code trade), the notification delivered."""
+    return paid_and_notified(live, amount)[0]
+
+
+def paid_and_notified(live: LiveApp, amount: str = "20.00") -> tuple[str, dict[str, str]]:
+    """:func:`paid_order`, and the fields of the payment's notification."""
     pay = live.pay_service
     order_id = pay.create(subject="Alipay refunds that take time", amount=amount)["orderId"]
     pay.getPayUrl(orderId=order_id, fullName=ALIPAY, payType="pc")
     assert alipay(live).pay(order_id)
-    deliver(*take_notifications(live))
+    [notification] = take_notifications(live)
+    deliver(notification)
     assert pay.query(orderId=order_id)["status"] == "success"
-    return order_id
+    return order_id, dict(parse_qsl(notification.body.decode("utf-8"), keep_blank_values=True))
 
 
 def test_fund_change_n_is_not_counted_refunded_until_the_refund_query_finds_the_refund(live: LiveApp) -> None:
@@ -129,3 +137,27 @@ def test_a_refund_made_while_the_answer_was_lost_is_confirmed_by_the_query(live:
     later.ask()
     order = assert_money_invariant(live, order_id, drained=True)[order_id]
     assert order["refundedAmount"] == 6
+
+
+def test_alipays_refund_notification_has_the_refund_asked_about_at_once(live: LiveApp) -> None:
+    """Alipay notifies a refund (``out_biz_no`` = its ``out_request_no``): PaySvc asks the refund query then and
+    there rather than at the refund's next follow-up; the notification's own words are not taken."""
+    pay, ali = live.pay_service, alipay(live)
+    order_id, paid_fields = paid_and_notified(live)
+    assert pay.refund(orderId=order_id, amount="5.00", refundId="R1")["status"] == "processing"
+    key = load_rsa_key((live.yaml_path.parent / ".sandbox" / "alipay_gateway_private_key.pem").read_text())
+
+    def refund_notification(**changes: str) -> NotifyRequest:
+        fields = {k: v for k, v in paid_fields.items() if k not in ("sign", "sign_type")}
+        fields.update(notify_id="refund-notify-1", refund_fee="5.00", gmt_refund="2026-11-28 10:00:00", **changes)
+        return NotifyRequest.of(urlencode(sign_notify(fields, key)).encode(), "application/x-www-form-urlencoded")
+
+    svc = paysvc(live)
+    assert svc.handleNotify("alipay", refund_notification(out_biz_no="R1")).body == b"success"
+    assert refund_of(pay.query(orderId=order_id), "R1")["status"] == "processing"  # asked: not made yet
+    assert ali.finish_refund("R1", "SUCCESS")
+    assert svc.handleNotify("alipay", refund_notification(out_biz_no="R1")).body == b"success"
+    order = pay.query(orderId=order_id)  # no job ran: the notification had it asked about
+    assert refund_of(order, "R1")["status"] == "confirmed" and order["refundedAmount"] == 5
+    assert svc.handleNotify("alipay", refund_notification(out_biz_no="NOT-OURS")).body == b"success"
+    assert_money_invariant(live, order_id)
