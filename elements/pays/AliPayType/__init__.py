@@ -326,8 +326,9 @@ class AliPayType(PayProvider):
         refund may not see it yet). Alipay's advice is to send the refund again with the same ``out_request_no``,
         which it makes at most once: that is done here, and its answer says ``success`` (``fund_change: "Y"``) or
         ``processing``. If Alipay definitely refuses it (a business error other than a system error) and the query
-        still does not find it, nothing was refunded: ``closed``. Anything else raises :class:`ProviderError`
-        (PaySvc asks again later)."""
+        still finds nothing, nothing was refunded: ``closed``. A refund the query reports in another state than
+        ``REFUND_SUCCESS`` is ``processing`` (never sent again). Anything else raises :class:`ProviderError` (PaySvc
+        asks again later)."""
         found = self._query_refund(order, refundId)
         if found is not None:
             return found
@@ -339,26 +340,29 @@ class AliPayType(PayProvider):
                         and not (exc.provider_code or "").upper().endswith("SYSTEM_ERROR"))
             if not definite:
                 raise
-            found = self._query_refund(order, refundId)  # made after all, between the first question and now?
+            found = self._query_refund(order, refundId)  # made after all, since the first question?
             if found is not None:
                 return found
             return RefundResult(refundId=refundId, amount=amount, refundNo=None, status="closed",
                                 raw={"sub_code": exc.provider_code, "sub_msg": exc.provider_message})
 
     def _query_refund(self, order: OrderView, refundId: str) -> RefundResult | None:
-        """``alipay.trade.fastpay.refund.query`` for ``refundId``: the refund made (``success``, with the amount
-        Alipay gives), or None if Alipay does not report it made."""
+        """``alipay.trade.fastpay.refund.query`` for refund ``refundId``: ``success`` when Alipay reports it made,
+        ``processing`` when it reports it in another state (each with the amount Alipay gives), None when it reports
+        nothing of it."""
         out_trade_no = self._refund_out_trade_no(order)
         method = "alipay.trade.fastpay.refund.query"
         content = self.gateway.call(method, {**self._trade_key(order, out_trade_no), "out_request_no": refundId})
         self._check_trade_echo(content, order, out_trade_no, method)
         text, status = content.get("refund_amount"), content.get("refund_status")
-        if text in (None, "") or status not in (None, "", "REFUND_SUCCESS"):
+        if text in (None, ""):
             return None
         refunded = parse_amount(text)
         if refunded is None or content.get("out_request_no") not in (None, refundId):
             raise ProviderError(f"Alipay {method}: the response is about another refund, or its refund_amount is "
                                 f"not an amount", details={"failure": "invalid_response", "method": method})
+        if status not in (None, "", "REFUND_SUCCESS"):
+            return RefundResult(refundId=refundId, amount=refunded, refundNo=None, raw=content, status="processing")
         return RefundResult(refundId=refundId, amount=refunded, refundNo=None, raw=content)
 
     @staticmethod
