@@ -349,7 +349,6 @@ class LateRefundConformance:
         kit.assert_money(order_id, captured=kit.setup.amount)
 
 
-
 class AbnormalRefundConformance:
     """The conformance test of refunds a provider accepted and then could not pay back the way the money came
     (``RefundResult.status`` ``abnormal``: WeChat Pay). Include it beside :class:`LateRefundConformance`; the gateway's

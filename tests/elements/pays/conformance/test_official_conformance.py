@@ -118,8 +118,10 @@ def sandbox_app(tmp_path: Path) -> Iterator[Any]:
         yield live
 
 
-class TestAlipayConformance(ProviderConformance, LateRefundConformance):  # a trade cannot fail, a refund not end
-    # abnormal: no FailedPaymentConformance, no AbnormalRefundConformance
+class TestAlipayConformance(ProviderConformance, LateRefundConformance):
+    """An Alipay trade cannot fail and its refunds cannot end abnormal: no FailedPaymentConformance, no
+    AbnormalRefundConformance."""
+
     @pytest.fixture
     def conformance(self, sandbox_app: Any) -> ConformanceSetup:
         keys = sandbox_app.yaml_path.parent / ".sandbox"

@@ -183,17 +183,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def alipay_refund_takes_time(self, how: str, outcome: str) -> str:
         """A new order paid with Alipay is refunded while Alipay's refunds move no money when made, and Alipay ends
         that refund (so that every run meets them, not only when the dice line them up)."""
-        order = self.create("12.34")
-        self.get_pay_url(order, (ALIPAY, "pc"))
         alipay = self.world.sandbox("alipay")
         alipay.refunds_wait = True
-        alipay.pay(order)
-        for note in alipay.take_notifications():
-            if note.reference == order:
-                assert note.deliver().status_code == 200
-                self.delivered.append(note)
-            else:
-                self.pending.append(note)
+        order = self._paid_new_order(ALIPAY, "alipay")
         self.refund(order, how, None)
         for out_trade_no, request_no in alipay.processing_refunds():
             if out_trade_no == order:
@@ -205,22 +197,28 @@ class LedgerMachine(RuleBasedStateMachine):
     def wechat_refund_takes_time(self, how: str, outcome: str) -> str:
         """A new order paid with WeChat Pay is refunded while WeChat Pay's refunds take time, and WeChat Pay ends
         that refund (so that every run meets refunds on their way, not only when the dice line them up)."""
-        order = self.create("12.34")
-        self.get_pay_url(order, (WECHAT, "pc"))
         wechat = self.world.sandbox("wechat")
         wechat.refunds_wait = True
-        wechat.pay(order)
-        notes = wechat.take_notifications()
-        for note in notes:
+        order = self._paid_new_order(WECHAT, "wechat")
+        self.refund(order, how, None)
+        for refund in self.pay.query(orderId=order)["refunds"]:
+            if refund["status"] == "processing":
+                wechat.finish_refund(refund["refundId"], outcome)
+        return order
+
+    def _paid_new_order(self, fullName: str, sandbox: str) -> str:
+        """A new order paid through its QR code trade at ``fullName``, its notification delivered (the sandbox's
+        other notifications stay pending)."""
+        order = self.create("12.34")
+        self.get_pay_url(order, (fullName, "pc"))
+        provider = self.world.sandbox(sandbox)
+        provider.pay(order)
+        for note in provider.take_notifications():
             if note.reference == order:
                 assert note.deliver().status_code == 200
                 self.delivered.append(note)
             else:
                 self.pending.append(note)
-        self.refund(order, how, None)
-        for refund in self.pay.query(orderId=order)["refunds"]:
-            if refund["status"] == "processing":
-                wechat.finish_refund(refund["refundId"], outcome)
         return order
 
     @rule()
