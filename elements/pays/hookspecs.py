@@ -65,11 +65,14 @@ def jit_surplus_refunded(app: "App", order: dict[str, Any], payment: dict[str, A
 
 @hookspec
 def jit_refund_failed(app: "App", order: dict[str, Any], refund: dict[str, Any], event: dict[str, Any]) -> None:
-    """A refund the provider had accepted did not reach the buyer. ``refund["status"]`` says how:
+    """A refund the provider had accepted did not reach the buyer, or a surplus refund (one nobody waits for) was
+    refused outright. ``refund["status"]`` says how:
 
-    - ``refused`` (``refund["error"]["code"]`` is ``REFUND_CLOSED``): the provider closed it; nothing was refunded, the money stayed
-      with the merchant and is refundable again (with a new ``refundId``). A surplus refund is tried again by
-      itself (at most :data:`~elements.pays.services.PaySvc.ledger.SURPLUS_REFUND_ATTEMPTS` times).
+    - ``refused`` (``refund["error"]["code"]`` is ``REFUND_CLOSED``, or the provider's code for a surplus refund it
+      refused outright, e.g. ``ACQ.SELLER_BALANCE_NOT_ENOUGH``): nothing was refunded, the money stayed with the
+      merchant and is refundable again (with a new ``refundId``). A surplus refund is tried again by itself (at most
+      :data:`~elements.pays.services.PaySvc.ledger.SURPLUS_REFUND_ATTEMPTS` times in all; after an outright refusal,
+      an hour later).
     - ``abnormal``: the provider could not pay it back the way it came (WeChat Pay: the buyer's card was cancelled or
       frozen); the money waits at the provider for the merchant's hand (WeChat Pay's merchant platform, Transactions
       → refunds). The refund stays counted; JitPay keeps asking and confirms it (``jit_order_refunded``) once the

@@ -8,7 +8,8 @@ them, on SQLite and on PostgreSQL.
 
 What must hold: such a refund is counted against its payment but not in the order's ``refundedAmount`` until Alipay
 reports it made; one Alipay did not make is sent again under its own id and counted once made; one Alipay then refuses
-outright gives the money back to the order and is announced. Every test ends with the money invariant."""
+outright gives the money back to the order and is announced. A surplus refund Alipay refuses outright is announced
+and made again later with a new id. Every test ends with the money invariant."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ import pytest
 from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
 from elements.pays.errors import RefundInvalid
 from elements.pays.Meta import NotifyRequest, OrderView
-from elements.pays.services.PaySvc.ledger import JOB_REFUND_STATE
+from elements.pays.services.PaySvc.ledger import JOB_REFUND, JOB_REFUND_STATE, SURPLUS_REFUND_ATTEMPTS
 from tests.elements.pays.test_refund_finality import Later, refund_of
 from tests.support.live import LiveApp
-from tests.support.money import (ALIPAY, alipay, assert_money_invariant, deliver, event_names, events, money_app,
-                                 paysvc, pending_jobs, take_notifications)
+from tests.support.money import (ALIPAY, WECHAT, alipay, assert_money_invariant, deliver, drain, event_names, events,
+                                 money_app, paysvc, pending_jobs, take_notifications, wechat)
 
 
 @pytest.fixture
@@ -160,4 +161,61 @@ def test_alipays_refund_notification_has_the_refund_asked_about_at_once(live: Li
     order = pay.query(orderId=order_id)  # no job ran: the notification had it asked about
     assert refund_of(order, "R1")["status"] == "confirmed" and order["refundedAmount"] == 5
     assert svc.handleNotify("alipay", refund_notification(out_biz_no="NOT-OURS")).body == b"success"
+    assert_money_invariant(live, order_id)
+
+
+def paid_twice(live: LiveApp) -> str:
+    """An order paid with WeChat Pay, then with Alipay as well: Alipay's payment is a surplus, refunded by a job."""
+    pay = live.pay_service
+    order_id = pay.create(subject="Paid twice", amount="6.00")["orderId"]
+    pay.getPayUrl(orderId=order_id, fullName=WECHAT, payType="pc")
+    pay.getPayUrl(orderId=order_id, fullName=ALIPAY, payType="pc")
+    assert wechat(live).pay(order_id)
+    deliver(*take_notifications(live))
+    assert alipay(live).pay(order_id)
+    deliver(*take_notifications(live))
+    [surplus] = [p for p in pay.query(orderId=order_id)["payments"] if p["role"] == "surplus"]
+    assert surplus["fullName"] == ALIPAY
+    return order_id
+
+
+def test_a_surplus_refund_refused_outright_is_announced_and_made_again_later(live: LiveApp) -> None:
+    """Nobody waits for the answer to a surplus refund: one the provider refuses outright (a short balance, say) is
+    announced and made again an hour later with a new refundId, not left with the merchant in silence."""
+    pay, ali = live.pay_service, alipay(live)
+    ali.refunds_wait, ali.refunds_refused = False, "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+    order_id = paid_twice(live)
+    drain(live)  # the surplus refund is sent: refused
+    order = pay.query(orderId=order_id)
+    [refused] = [r for r in order["refunds"] if r["status"] == "refused"]
+    assert refused["kind"] == "surplus" and refused["error"]["code"] == "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+    [failed] = [e for e in events(order_id) if e.name == "refund-failed"]
+    assert failed.refund["refundId"] == refused["refundId"]
+    [again] = [r for r in order["refunds"] if r["status"] == "reserved"]  # counted, sent in an hour
+    assert again["refundId"] == f"{refused['refundId']}-2" and pending_jobs(live, JOB_REFUND)
+    assert ali.refunded(order_id) == 0
+
+    ali.refunds_refused = None  # the merchant's balance is topped up
+    Later(live).ask()
+    order = assert_money_invariant(live, order_id, drained=True)[order_id]
+    assert [(r["refundId"], r["status"]) for r in order["refunds"]] == [(refused["refundId"], "refused"),
+                                                                       (again["refundId"], "confirmed")]
+    assert ali.refunded(order_id) == 6 and "surplus-refunded" in event_names(order_id)
+
+
+def test_a_surplus_refund_refused_every_time_is_left_to_the_merchant(live: LiveApp) -> None:
+    pay, ali = live.pay_service, alipay(live)
+    ali.refunds_wait, ali.refunds_refused = False, "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+    order_id = paid_twice(live)
+    later = Later(live)
+    for _ in range(SURPLUS_REFUND_ATTEMPTS):
+        later.ask()
+    order = pay.query(orderId=order_id)
+    assert [r["status"] for r in order["refunds"]] == ["refused"] * SURPLUS_REFUND_ATTEMPTS
+    assert len([e for e in event_names(order_id) if e == "refund-failed"]) == SURPLUS_REFUND_ATTEMPTS
+    audit = paysvc(live).ledger.audit_log(order_id)
+    assert any(a.outcome == "surplus-kept" and a.errorCode == "SURPLUS_REFUND_FAILED" for a in audit)
+    ali.refunds_refused = None  # the merchant refunds it
+    [surplus] = [p for p in order["payments"] if p["role"] == "surplus"]
+    assert pay.refund(orderId=order_id, paymentId=surplus["paymentId"], refundId="BY-HAND")["status"] == "confirmed"
     assert_money_invariant(live, order_id)

@@ -63,7 +63,10 @@ OPEN_REFUND = ("reserved", "sent", "unknown")
 ACCEPTED_REFUND = ("processing", "abnormal")
 NOT_FINAL_REFUND = OPEN_REFUND + ACCEPTED_REFUND
 #: how many refunds of one surplus payment PaySvc makes by itself when the provider closes them after accepting
+#: (or refuses them outright)
 SURPLUS_REFUND_ATTEMPTS = 3
+#: seconds before a surplus refund the provider refused outright is made again (with a new refundId)
+SURPLUS_RETRY_AFTER_REFUSAL = 3600.0
 PAYLOAD_LIMIT = 65536
 #: how many orders a ledger remembers as it created them until their first offer (:meth:`Ledger.order_and_offer`)
 FRESH_ORDERS = 1024
@@ -705,7 +708,7 @@ class Ledger:
             self._publish(tx, "jit_payment_surplus", order_id, order=order_view, payment=payment_dict(payment))
             if self.surplus == "refund":
                 self._reserve(tx, order, payment, refund_id=f"SURPLUS-{payment.id}", fen=payment.amountFen,
-                              reason="surplus payment returned", kind="surplus", retry_now=True)
+                              reason="surplus payment returned", kind="surplus", send_in=0)
             return PaidOutcome("surplus", payment, order)
 
     def apply_unpaid(self, order_id: str, *, provider: str, providerName: str, reference: str, status: str,
@@ -746,7 +749,7 @@ class Ledger:
 
     # -- refunds ------------------------------------------------------------------------------------------------------
     def _reserve(self, tx: _Tx, order: Row, payment: Row, *, refund_id: str, fen: int, reason: str | None,
-                 kind: str, retry_now: bool) -> Row | None:
+                 kind: str, send_in: float) -> Row | None:
         conn = tx.conn
         counted = conn.execute(update(PAYMENTS).where(
             PAYMENTS.c.id == payment.id, PAYMENTS.c.status == "paid",
@@ -761,8 +764,7 @@ class Ledger:
         row_id = result.inserted_primary_key[0]
         # the job finishes the refund if the caller dies or gets no definite answer (or, for a surplus, does it);
         # should the caller still be waiting for the provider then, the same id is simply sent twice
-        self._enqueue(tx, JOB_REFUND, {"refund": row_id}, delay=0 if retry_now else REFUND_FOLLOW_UP,
-                      dedupeKey=f"refund:{row_id}")
+        self._enqueue(tx, JOB_REFUND, {"refund": row_id}, delay=send_in, dedupeKey=f"refund:{row_id}")
         return self._refund(conn, row_id)
 
     def reserve_refund(self, order_id: str, payment_id: int, *, refund_id: str, fen: int, reason: str | None,
@@ -783,7 +785,7 @@ class Ledger:
             try:
                 with tx.conn.begin_nested():
                     return self._reserve(tx, order, payment, refund_id=refund_id, fen=fen, reason=reason, kind=kind,
-                                         retry_now=False)
+                                         send_in=REFUND_FOLLOW_UP)
             except IntegrityError:  # the same refundId raced in
                 return None
 
@@ -864,8 +866,11 @@ class Ledger:
 
     def refuse_refund(self, refund_row_id: int, code: str, message: str, audit: Audit) -> Row:
         """The provider definitely did not refund: the reservation is released. A refund the provider had accepted
-        and then closed is announced (``jit_refund_failed``); a surplus refund closed so is made again with a new
-        refundId (at most :data:`SURPLUS_REFUND_ATTEMPTS` in all), unless the app keeps surplus money."""
+        and then closed is announced (``jit_refund_failed``), and so is a surplus refund it refused outright (no
+        caller waits for that answer); a surplus refund is then made again with a new refundId (at most
+        :data:`SURPLUS_REFUND_ATTEMPTS` in all; one refused outright after :data:`SURPLUS_RETRY_AFTER_REFUSAL`
+        seconds, since what made the provider refuse, a short balance say, takes time to change), unless the app
+        keeps surplus money."""
         with self._write() as tx:
             conn = tx.conn
             refund = self._refund(conn, refund_row_id)
@@ -880,6 +885,8 @@ class Ledger:
                 self._audit(tx, audit.values("refused", refund.orderId, error_code=code, message=message))
                 if refund.status in ACCEPTED_REFUND:
                     self._refund_failed(tx, refund.id)
+                elif refund.kind == "surplus":
+                    self._refund_failed(tx, refund.id, again_in=SURPLUS_RETRY_AFTER_REFUSAL)
             found = self._refund(conn, refund.id)
             assert found is not None
             return found
@@ -920,21 +927,21 @@ class Ledger:
             assert found is not None
             return found
 
-    def _refund_failed(self, tx: _Tx, refund_row_id: int) -> None:
-        """Announce a refund the provider had accepted that did not reach the buyer (``jit_refund_failed``); a
-        closed surplus refund is made again (:meth:`_refund_surplus_again`)."""
+    def _refund_failed(self, tx: _Tx, refund_row_id: int, *, again_in: float = 0) -> None:
+        """Announce a refund that did not reach the buyer (``jit_refund_failed``); a refused surplus refund is made
+        again in ``again_in`` seconds (:meth:`_refund_surplus_again`)."""
         refund = self._refund(tx.conn, refund_row_id)
         order = self._order(tx.conn, refund.orderId) if refund is not None else None
         assert refund is not None and order is not None
         self._publish(tx, "jit_refund_failed", order.orderId, order=self.order_dict(order),
                       refund=refund_dict(refund))
         if refund.status == "refused" and refund.kind == "surplus" and self.surplus == "refund":
-            self._refund_surplus_again(tx, refund, order)
+            self._refund_surplus_again(tx, refund, order, again_in)
 
-    def _refund_surplus_again(self, tx: _Tx, closed: Row, order: Row) -> None:
-        """The provider closed a surplus refund: refund what is left of that payment with a new refundId
-        (``SURPLUS-{payment}-{n}``), unless :data:`SURPLUS_REFUND_ATTEMPTS` were made or the merchant took that id;
-        then it is left to the merchant (audit ``surplus-kept``)."""
+    def _refund_surplus_again(self, tx: _Tx, closed: Row, order: Row, send_in: float) -> None:
+        """The provider closed or refused a surplus refund: refund what is left of that payment with a new refundId
+        (``SURPLUS-{payment}-{n}``, sent in ``send_in`` seconds), unless :data:`SURPLUS_REFUND_ATTEMPTS` were made or
+        the merchant took that id; then it is left to the merchant (audit ``surplus-kept``)."""
         conn = tx.conn
         made = conn.execute(select(func.count()).select_from(REFUNDS).where(
             REFUNDS.c.paymentId == closed.paymentId, REFUNDS.c.kind == "surplus")).scalar_one()
@@ -943,12 +950,12 @@ class Ledger:
         refund_id = f"SURPLUS-{payment.id}-{made + 1}"
         why = None
         if made >= SURPLUS_REFUND_ATTEMPTS:
-            why = f"{made} refunds of surplus payment {payment.id} were closed by {closed.provider}"
+            why = f"{made} refunds of surplus payment {payment.id} were closed or refused by {closed.provider}"
         elif payment.amountFen > payment.reservedFen:
             try:
                 with conn.begin_nested():
                     self._reserve(tx, order, payment, refund_id=refund_id, fen=payment.amountFen - payment.reservedFen,
-                                  reason="surplus payment returned", kind="surplus", retry_now=True)
+                                  reason="surplus payment returned", kind="surplus", send_in=send_in)
             except IntegrityError:  # the merchant took that refundId: the surplus is theirs to refund
                 why = f"refundId {refund_id} is taken"
         if why is not None:
