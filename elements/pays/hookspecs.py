@@ -65,11 +65,12 @@ def jit_surplus_refunded(app: "App", order: dict[str, Any], payment: dict[str, A
 
 @hookspec
 def jit_refund_failed(app: "App", order: dict[str, Any], refund: dict[str, Any], event: dict[str, Any]) -> None:
-    """A refund the provider had accepted did not reach the buyer, or a surplus refund (one nobody waits for) was
-    refused outright. ``refund["status"]`` says how:
+    """A refund the provider had accepted did not reach the buyer, or one was refused outright when no caller heard
+    the answer (a surplus refund; a refund a job sent again after its call ended without an answer).
+    ``refund["status"]`` says how:
 
-    - ``refused`` (``refund["error"]["code"]`` is ``REFUND_CLOSED``, or the provider's code for a surplus refund it
-      refused outright, e.g. ``ACQ.SELLER_BALANCE_NOT_ENOUGH``): nothing was refunded, the money stayed with the
+    - ``refused`` (``refund["error"]["code"]`` is ``REFUND_CLOSED``, or the provider's code for a refund it refused
+      outright, e.g. ``ACQ.SELLER_BALANCE_NOT_ENOUGH``): nothing was refunded, the money stayed with the
       merchant and is refundable again (with a new ``refundId``). A surplus refund is tried again by itself (at most
       :data:`~elements.pays.services.PaySvc.ledger.SURPLUS_REFUND_ATTEMPTS` times in all; after an outright refusal,
       an hour later).

@@ -21,8 +21,9 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 
 from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
-from elements.pays.errors import RefundInvalid
+from elements.pays.errors import ProviderError, RefundInvalid
 from elements.pays.Meta import NotifyRequest, OrderView
+from elements.pays.testing import swapped
 from elements.pays.services.PaySvc.ledger import JOB_REFUND, JOB_REFUND_STATE, SURPLUS_REFUND_ATTEMPTS
 from tests.elements.pays.test_refund_finality import Later, refund_of
 from tests.support.live import LiveApp
@@ -219,3 +220,36 @@ def test_a_surplus_refund_refused_every_time_is_left_to_the_merchant(live: LiveA
     [surplus] = [p for p in order["payments"] if p["role"] == "surplus"]
     assert pay.refund(orderId=order_id, paymentId=surplus["paymentId"], refundId="BY-HAND")["status"] == "confirmed"
     assert_money_invariant(live, order_id)
+
+
+def test_a_refund_refused_when_a_job_sends_it_again_is_announced(live: LiveApp) -> None:
+    """The merchant's refund call ended without an answer (outcome unknown: the job sends it again); Alipay then
+    refuses it outright. Nobody hears that answer but the job: it is announced, and the money is refundable again."""
+    pay, ali = live.pay_service, alipay(live)
+    ali.refunds_wait = False
+    order_id = paid_order(live)
+    gateway = paysvc(live).provider(ALIPAY).gateway
+    with swapped(gateway, "gateway", "http://127.0.0.1:9/gateway.do"), pytest.raises(ProviderError):
+        pay.refund(orderId=order_id, amount="4.00", refundId="R1")  # no answer
+    assert refund_of(pay.query(orderId=order_id), "R1")["status"] == "unknown"
+    ali.refunds_refused = "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+    Later(live).ask()  # the job sends R1 again: refused
+    order = pay.query(orderId=order_id)
+    assert refund_of(order, "R1")["status"] == "refused" and order["refundedAmount"] == 0
+    [failed] = [e for e in events(order_id) if e.name == "refund-failed"]
+    assert failed.refund["refundId"] == "R1" and failed.refund["error"]["code"] == "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+    assert_money_invariant(live, order_id)
+    ali.refunds_refused = None
+    assert pay.refund(orderId=order_id, refundId="R2")["status"] == "confirmed"  # all of it: nothing was counted
+
+
+def test_a_refund_refused_while_its_caller_waits_is_not_announced(live: LiveApp) -> None:
+    pay, ali = live.pay_service, alipay(live)
+    ali.refunds_wait, ali.refunds_refused = False, "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+    order_id = paid_order(live)
+    with pytest.raises(ProviderError) as caught:  # the caller hears the refusal
+        pay.refund(orderId=order_id, amount="4.00", refundId="R1")
+    assert caught.value.provider_code == "ACQ.SELLER_BALANCE_NOT_ENOUGH"
+    Later(live).ask()
+    assert refund_of(pay.query(orderId=order_id), "R1")["status"] == "refused"
+    assert "refund-failed" not in event_names(order_id)

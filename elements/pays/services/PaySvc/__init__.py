@@ -285,13 +285,14 @@ class PaySvc(NormalService):
             exc.details = {**(exc.details or {}), "refundId": refund.refundId}
             raise
 
-    def send_refund(self, refund: Row) -> Row:
+    def send_refund(self, refund: Row, *, unattended: bool = False) -> Row:
         """Send an open refund to its payment's provider with its own id and record the outcome: ``confirmed``;
         ``refused`` (a definite no: the reservation is released); or ``unknown`` (no answer, an unreadable one, a
         "system error", or any other exception: it stays counted and a job asks again with the same id). Raises the
         provider's error in the last two cases; any other exception becomes a :class:`ProviderError` with
         ``details["outcomeUnknown"]`` (so a caller never sees a bare RuntimeError from deep inside). Returns the
-        refund as it is afterwards."""
+        refund as it is afterwards. ``unattended``: no caller hears the answer (a job sends it), so a refusal is
+        announced (``jit_refund_failed``)."""
         if refund.status not in OPEN_REFUND or not self.ledger.refund_sent(refund.id):
             found = self.ledger.refund(refund.id)
             assert found is not None
@@ -307,10 +308,11 @@ class PaySvc(NormalService):
             if outcome_unknown(exc):
                 self.ledger.refund_unknown(refund.id, exc.code, exc.message, audit, retry_in=60.0)
             else:
-                self.ledger.refuse_refund(refund.id, exc.provider_code or exc.code, exc.message, audit)
+                self.ledger.refuse_refund(refund.id, exc.provider_code or exc.code, exc.message, audit,
+                                          announce=unattended)
             raise
         except PayError as exc:  # refused before anything was sent (the provider's own checks)
-            self.ledger.refuse_refund(refund.id, exc.code, exc.message, audit)
+            self.ledger.refuse_refund(refund.id, exc.code, exc.message, audit, announce=unattended)
             raise
         except BaseException as exc:  # whatever happened, the provider may have refunded: keep it counted
             self.ledger.refund_unknown(refund.id, type(exc).__name__, str(exc)[:2000], audit, retry_in=60.0)

@@ -151,7 +151,7 @@ def _refund_job(app: "App", payload: dict[str, Any], job: "Job") -> None:
     if refund is None or refund.status not in OPEN_REFUND:
         return
     try:
-        svc.send_refund(refund)
+        svc.send_refund(refund, unattended=True)
     except ProviderError as exc:
         after = svc.ledger.refund(refund.id)
         if after is not None and after.status in OPEN_REFUND:

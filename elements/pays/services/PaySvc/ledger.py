@@ -864,10 +864,12 @@ class Ledger:
                               payment=payment_dict(payment), refund=refund_dict(refund))
             return refund
 
-    def refuse_refund(self, refund_row_id: int, code: str, message: str, audit: Audit) -> Row:
+    def refuse_refund(self, refund_row_id: int, code: str, message: str, audit: Audit, *,
+                      announce: bool = False) -> Row:
         """The provider definitely did not refund: the reservation is released. A refund the provider had accepted
-        and then closed is announced (``jit_refund_failed``), and so is a surplus refund it refused outright (no
-        caller waits for that answer); a surplus refund is then made again with a new refundId (at most
+        and then closed is announced (``jit_refund_failed``), and so is one it refused outright when no caller hears
+        that answer: ``announce`` (a job sent it), or a surplus refund; a surplus refund is then made again with a
+        new refundId (at most
         :data:`SURPLUS_REFUND_ATTEMPTS` in all; one refused outright after :data:`SURPLUS_RETRY_AFTER_REFUSAL`
         seconds, since what made the provider refuse, a short balance say, takes time to change), unless the app
         keeps surplus money."""
@@ -887,6 +889,8 @@ class Ledger:
                     self._refund_failed(tx, refund.id)
                 elif refund.kind == "surplus":
                     self._refund_failed(tx, refund.id, again_in=SURPLUS_RETRY_AFTER_REFUSAL)
+                elif announce:
+                    self._refund_failed(tx, refund.id)
             found = self._refund(conn, refund.id)
             assert found is not None
             return found
