@@ -8,8 +8,9 @@ them, on SQLite and on PostgreSQL.
 
 What must hold: such a refund is counted against its payment but not in the order's ``refundedAmount`` until Alipay
 reports it made; one Alipay did not make is sent again under its own id and counted once made; one Alipay then refuses
-outright gives the money back to the order and is announced. A surplus refund Alipay refuses outright is announced
-and made again later with a new id. Every test ends with the money invariant."""
+outright gives the money back to the order and is announced. A refusal no caller hears (a surplus refund; a refund
+a job sends again) is announced, and a surplus refund is made again later with a new id. Every test ends with the
+money invariant."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ import pytest
 from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
 from elements.pays.errors import ProviderError, RefundInvalid
 from elements.pays.Meta import NotifyRequest, OrderView
-from elements.pays.testing import swapped
 from elements.pays.services.PaySvc.ledger import JOB_REFUND, JOB_REFUND_STATE, SURPLUS_REFUND_ATTEMPTS
+from elements.pays.testing import swapped
 from tests.elements.pays.test_refund_finality import Later, refund_of
 from tests.support.live import LiveApp
 from tests.support.money import (ALIPAY, WECHAT, alipay, assert_money_invariant, deliver, drain, event_names, events,
