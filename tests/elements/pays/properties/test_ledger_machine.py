@@ -5,7 +5,9 @@ paying (or failing) any trade at any time, also after close, after another payme
 of one order at once; notifications delivered, dropped, duplicated and reordered; ``check``; ``close``; refunds
 (partial, full, repeated ids); WeChat Pay refunds that stay ``PROCESSING`` and end later ``SUCCESS``, ``CLOSED`` or
 ``ABNORMAL``; Alipay refunds that move no money when made (``fund_change: "N"``) and end later made or not made (then
-sent again, and perhaps refused outright); job runs; and a process restart. When a run ends, the providers end the
+sent again, and perhaps refused outright); a provider call that fails before it reaches the provider or whose answer
+is lost after the provider acted (a timeout: getPayUrl, check, settling, a refund, a refund's state); job runs; and
+a process restart. When a run ends, the providers end the
 refunds still on their way,
 the jobs are drained on a clock hours ahead (the periodic sweep asks the providers about every trade that may have
 captured money, since notifications may have been dropped; refunds on their way are asked about) and then, for every
@@ -39,7 +41,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, precondition, rul
 from sqlalchemy import text
 
 import jitcore
-from elements.pays.errors import PayError
+from elements.pays.errors import PayError, ProviderError
 from elements.pays.WechatPayType import mweb_out_trade_no
 from jitpay_sandbox.registry import sandbox_of
 from tests.support.live import LiveApp, start_live_app
@@ -90,6 +92,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.world.sandbox("wechat").refunds_wait = True  # until a rule says otherwise
         alipay = self.world.sandbox("alipay")
         alipay.refunds_wait, alipay.refunds_refused = False, None
+        for fullName in (ALIPAY, WECHAT):  # the app outlives an example: no fault planned in one fires in the next
+            for planned in self.world.app.loadElement(fullName).__dict__.get("_prop_faults", {}).values():
+                planned.clear()
 
     @property
     def pay(self) -> Any:
@@ -208,9 +213,11 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def _paid_new_order(self, fullName: str, sandbox: str) -> str:
         """A new order paid through its QR code trade at ``fullName``, its notification delivered (the sandbox's
-        other notifications stay pending)."""
+        other notifications stay pending); left unpaid if getPayUrl failed."""
         order = self.create("12.34")
         self.get_pay_url(order, (fullName, "pc"))
+        if (sandbox, order) not in self.trades:  # getPayUrl failed (a provider fault): nothing to pay
+            return order
         provider = self.world.sandbox(sandbox)
         provider.pay(order)
         for note in provider.take_notifications():
@@ -219,6 +226,41 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.delivered.append(note)
             else:
                 self.pending.append(note)
+        return order
+
+    @rule(fullName=st.sampled_from([ALIPAY, WECHAT]),
+          method=st.sampled_from(["prepare", "query_trades", "settle", "refund", "refund_state"]),
+          after_call=st.booleans())
+    def provider_call_fails(self, fullName: str, method: str, after_call: bool) -> None:
+        """The next call of one method of a payment element times out: before the provider got it, or after the
+        provider acted on it (the answer is lost). The app's own element, until a restart replaces it."""
+        element = self.world.app.loadElement(fullName)
+        faults = element.__dict__.setdefault("_prop_faults", {})
+        if method not in faults:
+            real = getattr(element, method)
+
+            def failing(*args: Any, _method: str = method, _real: Any = real, **kwargs: Any) -> Any:
+                pending = element.__dict__["_prop_faults"][_method]
+                if not pending:
+                    return _real(*args, **kwargs)
+                lost = pending.pop(0)
+                if lost:
+                    _real(*args, **kwargs)
+                raise ProviderError(f"{fullName}.{_method}: timed out (property machine)",
+                                    details={"failure": "timeout", "method": _method})
+
+            faults[method] = []
+            setattr(element, method, failing)
+        faults[method].append(after_call)
+
+    @rule(target=orders, fullName=st.sampled_from([ALIPAY, WECHAT]), how=st.sampled_from(["rest", "half"]),
+          after_call=st.booleans())
+    def refund_answer_lost(self, fullName: str, how: str, after_call: bool) -> str:
+        """A new order paid through ``fullName`` is refunded, and that refund call times out: before the provider
+        got it, or after it refunded (so that every run meets refunds whose outcome is unknown)."""
+        order = self._paid_new_order(fullName, "alipay" if fullName == ALIPAY else "wechat")
+        self.provider_call_fails(fullName, "refund", after_call)
+        self.refund(order, how, None)
         return order
 
     @rule()
