@@ -7,11 +7,9 @@ of one order at once; notifications delivered, dropped, duplicated and reordered
 ``ABNORMAL``; Alipay refunds that move no money when made (``fund_change: "N"``) and end later made or not made (then
 sent again, and perhaps refused outright); a provider call that fails before it reaches the provider or whose answer
 is lost after the provider acted (a timeout: getPayUrl, check, settling, a refund, a refund's state); job runs; and
-a process restart. When a run ends, the providers end the
-refunds still on their way,
-the jobs are drained on a clock hours ahead (the periodic sweep asks the providers about every trade that may have
-captured money, since notifications may have been dropped; refunds on their way are asked about) and then, for every
-order:
+a process restart. When a run ends, the providers end the refunds still on their way, the jobs are drained on a
+clock hours ahead (the periodic sweep asks the providers about every trade that may have captured money, since
+notifications may have been dropped; refunds on their way are asked about) and then, for every order:
 
 - the money invariant, as :func:`tests.support.money.assert_money_invariant` checks it for the scenario tests: what
   the *sandbox* captured minus what it refunded, over all the order's trades, equals ``amount - refundedAmount`` if
