@@ -279,6 +279,21 @@ class LedgerMachine(RuleBasedStateMachine):
         self.world.sandbox(name).pay(reference)  # False when the provider refuses (closed, expired, paid)
         self._collect()
 
+    @rule(target=orders, offer=st.sampled_from(OFFERS))
+    def pay_url_answer_lost(self, offer: tuple[str, str]) -> str:
+        """A new order's getPayUrl times out after the provider made the trade (no link reached anyone: the
+        buyer cannot pay it); asked again, it offers that same trade, and the buyer pays it."""
+        order = self.create("12.34")
+        self.provider_call_fails(offer[0], "prepare", True)
+        self.get_pay_url(order, offer)
+        self.get_pay_url(order, offer)
+        name = "alipay" if offer[0] == ALIPAY else "wechat"
+        reference = mweb_out_trade_no(order) if offer[1] == "mobile" else order
+        if (name, reference) in self.trades:
+            self.world.sandbox(name).pay(reference)
+            self._collect()
+        return order
+
     @precondition(lambda self: len(self.trades) > 1)
     @rule(data=st.data())
     def buyer_pays_every_trade(self, data: st.DataObject) -> None:
