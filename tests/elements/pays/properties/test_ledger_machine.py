@@ -90,7 +90,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.world.sandbox("wechat").refunds_wait = True  # until a rule says otherwise
         alipay = self.world.sandbox("alipay")
         alipay.refunds_wait, alipay.refunds_refused = False, None
-        for fullName in (ALIPAY, WECHAT):  # the app outlives an example: no fault planned in one fires in the next
+        self._no_more_faults()  # the app outlives an example: no fault planned in one fires in the next
+
+    def _no_more_faults(self) -> None:
+        """Forget the provider faults still planned (:meth:`provider_call_fails`)."""
+        for fullName in (ALIPAY, WECHAT):
             for planned in self.world.app.loadElement(fullName).__dict__.get("_prop_faults", {}).values():
                 planned.clear()
 
@@ -335,6 +339,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         app = self.world.app
         svc = self.svc
+        self._no_more_faults()  # the providers answer again (a fault planned per drain would outlast the drains)
         wechat = self.world.sandbox("wechat")
         wechat.refunds_wait = False
         # WeChat Pay ends what is still on its way: every other one closed, the rest (and abnormal ones) refunded
