@@ -169,6 +169,20 @@ def take_notifications(live: LiveApp) -> list[HeldNotification]:
 
 
 # -- jobs -------------------------------------------------------------------------------------------------------------
+def paid_through(live: LiveApp, fullName: str, *, subject: str, amount: str = "20.00") -> tuple[str, HeldNotification]:
+    """A new order paid through ``fullName``'s QR code trade (``pc``) in the sandbox, its notification delivered:
+    the order id and that notification."""
+    pay = live.pay_service
+    order_id = pay.create(subject=subject, amount=amount)["orderId"]
+    pay.getPayUrl(orderId=order_id, fullName=fullName, payType="pc")
+    assert (alipay(live) if fullName == ALIPAY else wechat(live)).pay(order_id)
+    notifications = take_notifications(live)
+    deliver(*notifications)
+    assert pay.query(orderId=order_id)["status"] == "success"
+    [notification] = [n for n in notifications if n.reference == order_id]
+    return order_id, notification
+
+
 @contextlib.contextmanager
 def jobs_clock_ahead(delta: timedelta) -> Iterator[None]:
     """The job queue's clock runs ``delta`` ahead of the wall clock (jobs due within ``delta`` are due now)."""

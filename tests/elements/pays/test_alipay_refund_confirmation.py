@@ -29,7 +29,7 @@ from elements.pays.testing import swapped
 from tests.elements.pays.test_refund_finality import Later, refund_of
 from tests.support.live import LiveApp
 from tests.support.money import (ALIPAY, WECHAT, alipay, assert_money_invariant, deliver, drain, event_names, events,
-                                 money_app, paysvc, pending_jobs, take_notifications, wechat)
+                                 money_app, paid_through, paysvc, pending_jobs, take_notifications, wechat)
 
 
 @pytest.fixture
@@ -46,13 +46,7 @@ def paid_order(live: LiveApp, amount: str = "20.00") -> str:
 
 def paid_and_notified(live: LiveApp, amount: str = "20.00") -> tuple[str, dict[str, str]]:
     """:func:`paid_order`, and the fields of the payment's notification."""
-    pay = live.pay_service
-    order_id = pay.create(subject="Alipay refunds that take time", amount=amount)["orderId"]
-    pay.getPayUrl(orderId=order_id, fullName=ALIPAY, payType="pc")
-    assert alipay(live).pay(order_id)
-    [notification] = take_notifications(live)
-    deliver(notification)
-    assert pay.query(orderId=order_id)["status"] == "success"
+    order_id, notification = paid_through(live, ALIPAY, subject="Alipay refunds that take time", amount=amount)
     return order_id, dict(parse_qsl(notification.body.decode("utf-8"), keep_blank_values=True))
 
 

@@ -22,7 +22,7 @@ from elements.pays.services.PaySvc.ledger import JOB_REFUND_STATE, SURPLUS_REFUN
 from elements.pays.WechatPayType import mweb_out_trade_no
 from tests.support.live import LiveApp
 from tests.support.money import (WECHAT, assert_money_invariant, deliver, drain, event_names, events, money_app,
-                                 paysvc, pending_jobs, take_notifications, wechat)
+                                 paid_through, paysvc, pending_jobs, take_notifications, wechat)
 
 
 @pytest.fixture
@@ -34,13 +34,7 @@ def live(tmp_path: Path, database: str | None) -> Iterator[LiveApp]:
 
 def paid_order(live: LiveApp, amount: str = "20.00") -> str:
     """An order paid through the WeChat sandbox (its NATIVE trade), the notification delivered."""
-    pay = live.pay_service
-    order_id = pay.create(subject="Refunds that take time", amount=amount)["orderId"]
-    pay.getPayUrl(orderId=order_id, fullName=WECHAT, payType="pc")
-    assert wechat(live).pay(order_id)
-    deliver(*take_notifications(live))
-    assert pay.query(orderId=order_id)["status"] == "success"
-    return order_id
+    return paid_through(live, WECHAT, subject="Refunds that take time", amount=amount)[0]
 
 
 class Later:
