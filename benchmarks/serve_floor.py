@@ -1,6 +1,6 @@
-"""Serve :mod:`floor_app` under uvicorn exactly as ``jit serve --workers N`` serves an app (uvicorn.run with the
-listening socket :func:`jitcore.cli.share_tcp_socket` fixes), so that the floor and JitPay differ only in what
-happens inside a request.
+"""Serve :mod:`floor_app` under uvicorn exactly as ``jit serve --workers N`` serves an app
+(:func:`jitcore.cli.serve_workers`: on Linux a listening socket per worker), so that the floor and JitPay differ only
+in what happens inside a request.
 
     FLOOR_DATABASE=... FLOOR_PUBLIC_KEY=... python benchmarks/serve_floor.py --host 127.0.0.1 --port 8001 --workers 2
 """
@@ -11,7 +11,7 @@ import argparse
 
 import uvicorn
 
-from jitcore.cli import share_tcp_socket
+from jitcore.cli import serve_workers
 
 
 def main() -> None:
@@ -21,8 +21,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if args.workers > 1:
-        share_tcp_socket()
-    uvicorn.run("floor_app:app", host=args.host, port=args.port, workers=args.workers)
+        serve_workers("floor_app:app", args.host, args.port, args.workers)
+    else:
+        uvicorn.run("floor_app:app", host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from jitcore import listeners
 from jitcore.errors import JitError
 
 
@@ -117,37 +118,51 @@ def serve_command(app_yaml: str, host: str, port: int, workers: int) -> None:
     if asgi is None:
         # each worker process loads the app itself from the factory below
         os.environ["JIT_APP_YAML"] = str(app.path)
-        share_tcp_socket()
-        uvicorn.run("jitcore.cli:asgi_from_env", factory=True, host=host, port=port, workers=workers)
+        serve_workers("jitcore.cli:asgi_from_env", host, port, workers, factory=True)
         return
     uvicorn.run(asgi, host=host, port=port)
 
 
-def share_tcp_socket() -> None:
-    """Make the socket uvicorn binds for its worker processes say it is TCP.
+def serve_workers(asgi: str, host: str, port: int, workers: int, *, factory: bool = False) -> None:
+    """Serve the ASGI app ``asgi`` (an import string; with ``factory``, of a function that makes it) in ``workers``
+    processes under uvicorn's supervisor (which restarts a worker that dies, and stops them all on SIGTERM). On Linux
+    every worker listens on a socket of its own and the kernel spreads the connections among them
+    (:mod:`jitcore.listeners`); elsewhere they share the supervisor's."""
+    import inspect
+    import logging
 
-    uvicorn creates that socket as ``socket.socket(family)``, protocol 0, and the workers accept on a copy of it.
-    asyncio sets ``TCP_NODELAY`` only on a socket whose protocol is TCP, so every connection a worker accepted kept
-    Nagle's algorithm: the body of each response waited for the client's delayed ACK of its headers, 40 ms on Linux
-    (a notification answered in 44 ms instead of 1 ms). Patches ``uvicorn.Config.bind_socket`` in this (the
-    supervising) process only."""
-    import socket
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
-    from uvicorn.config import Config
-
-    bind_socket = Config.bind_socket
-    if getattr(bind_socket, "_jit_tcp", False):
+    if not listeners.per_worker_sockets():
+        listeners.share_tcp_socket()
+        uvicorn.run(asgi, factory=factory, host=host, port=port, workers=workers)
         return
+    config = uvicorn.Config(asgi, factory=factory, host=host, port=port, workers=workers)
+    try:
+        reserved = listeners.reserve_address(host, port)
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        return
+    with reserved:
+        port = reserved.getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running on http://%s:%d (Press CTRL+C to quit); each of the %d workers listens on its own socket",
+            shown, port, workers)
+        sockets = [listeners.WorkerListener(host, port)]
+        supervisor_takes_target = "target" in inspect.signature(Multiprocess).parameters  # older uvicorn
+        try:
+            if supervisor_takes_target:
+                Multiprocess(config, target=uvicorn.Server(config).run, sockets=sockets).run()  # type: ignore
+            else:
+                Multiprocess(config, sockets=sockets).run()  # type: ignore[arg-type]
+        except KeyboardInterrupt:  # pragma: no cover - the supervisor handles SIGINT itself
+            pass
 
-    def bind_tcp_socket(self: Config) -> socket.socket:
-        sock = bind_socket(self)
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
-            sock = socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, sock.detach())
-            sock.set_inheritable(True)
-        return sock
 
-    bind_tcp_socket._jit_tcp = True  # type: ignore[attr-defined]
-    Config.bind_socket = bind_tcp_socket  # type: ignore[method-assign]
+#: kept importable from here: tests and older callers use it
+share_tcp_socket = listeners.share_tcp_socket
 
 
 #: API keys published with JitPay (the demo key `make run` sets): accepted on a loopback host only
