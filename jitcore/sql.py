@@ -33,6 +33,8 @@ from typing import Any, Iterator, Mapping
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
+from jitcore import sqlite
+
 __all__ = ["Statement", "Database", "Conn", "database", "bookkeeping", "bookkeeping_change"]
 
 _ROW_TYPES: dict[tuple[str, ...], type] = {}
@@ -321,10 +323,19 @@ def bookkeeping(engine: Engine) -> Iterator[Connection]:
 def bookkeeping_change(engine: Engine, statement: Any, params: Mapping[str, Any] | None = None) -> int:
     """Run one DML ``statement`` as bookkeeping (see :func:`bookkeeping`); the number of rows it matched. On
     PostgreSQL with a bookkeeping sibling it is a single statement in autocommit (no BEGIN and COMMIT round trips);
-    on SQLite a transaction, so that it takes its turn among the writers (:mod:`jitcore.sqlite`)."""
+    on SQLite a transaction, so that it takes its turn among the writers (:mod:`jitcore.sqlite`), on the driver's
+    connection (:class:`jitcore.sqlite.driver_transaction`)."""
     sibling = _bookkeeping_engine(engine)
     if sibling is not None and sibling.dialect.name == "postgresql":
         with database(sibling).autocommit() as conn:
             return conn.rowcount(statement, params)
+    if sibling is not None and sibling.dialect.name == "sqlite":  # its connections are synchronous=NORMAL already
+        db = database(sibling)
+        pooled = sibling.raw_connection()
+        try:
+            with sqlite.driver_transaction(sibling, pooled.driver_connection) as dbapi:
+                return Conn(db, dbapi, pooled.invalidate).rowcount(statement, params)
+        finally:
+            pooled.close()
     with bookkeeping(engine) as connection:
         return database(connection.engine).on(connection).rowcount(statement, params)

@@ -176,3 +176,49 @@ def test_processes_take_turns(engine: Any, tmp_path: Path) -> None:
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0, 0]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 240
+
+
+def test_a_driver_transaction_takes_the_turn_and_ends_with_commit_or_rollback(engine: Any) -> None:
+    from jitcore.sqlite import driver_transaction
+
+    pooled = engine.raw_connection()
+    try:
+        dbapi = pooled.driver_connection
+        with driver_transaction(engine, dbapi) as conn:
+            assert conn is dbapi and dbapi.in_transaction and not turn_is_free(engine)
+            conn.execute("UPDATE counter SET n = n + 1")
+        assert not dbapi.in_transaction and turn_is_free(engine)
+        with pytest.raises(ZeroDivisionError):
+            with driver_transaction(engine, dbapi) as conn:
+                conn.execute("UPDATE counter SET n = n + 10")
+                1 / 0
+        assert not dbapi.in_transaction and turn_is_free(engine)
+        # an error that ends SQLite's transaction itself still gives the turn back, and the caller sees that error
+        with pytest.raises(Exception, match="no such table"):
+            with driver_transaction(engine, dbapi) as conn:
+                conn.execute("UPDATE missing SET n = 1")
+        assert turn_is_free(engine)
+    finally:
+        pooled.close()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT n FROM counter")).scalar_one() == 1  # the first committed, the others not
+
+
+def test_a_driver_transaction_that_cannot_begin_gives_the_turn_back(engine: Any, tmp_path: Path) -> None:
+    import sqlite3
+
+    from jitcore.sqlite import driver_transaction
+
+    holder = sqlite3.connect(tmp_path / "turns.db", isolation_level=None)  # a writer that takes no turn
+    holder.execute("BEGIN IMMEDIATE")
+    pooled = engine.raw_connection()
+    try:
+        pooled.driver_connection.execute("PRAGMA busy_timeout=50")
+        with pytest.raises(OperationalError, match="database is locked"):
+            with driver_transaction(engine, pooled.driver_connection):
+                pass
+        assert turn_is_free(engine)
+    finally:
+        pooled.invalidate()
+        holder.rollback()
+        holder.close()
