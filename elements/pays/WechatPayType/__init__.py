@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Mapping
@@ -33,6 +34,7 @@ from elements.pays.money import from_fen, yuan_to_fen
 
 from .api import WechatApi, client_ssl_context
 from .config import WechatConfig, read_config
+from .reqinfo import ReqInfoInvalid, decrypt_req_info
 from .signing import strip_edges, verify_sign
 from .wirexml import NOTIFY_MAX_BYTES, XmlRejected, build_cdata_xml, parse_xml
 
@@ -252,7 +254,7 @@ class WechatPayType(PayProvider):
                                        accept_errors={"ORDERNOTEXIST"})
                 answers.append((trade_type, answer))
                 if answer.get("result_code") == "SUCCESS":
-                    states.append(self._query_state(order, out_trade_no, answer))
+                    states.append(self._query_state(order.orderId, out_trade_no, answer))
             except ProviderError as exc:
                 errors.append(exc)
         paid = [s for s in states if s.status in ("success", "refunded")]
@@ -286,7 +288,7 @@ class WechatPayType(PayProvider):
         for out_trade_no in self._out_trade_nos(order).values():
             answer = self.api.call("pay/orderquery", {"out_trade_no": out_trade_no}, accept_errors={"ORDERNOTEXIST"})
             if answer.get("result_code") == "SUCCESS":
-                states.append(self._query_state(order, out_trade_no, answer))
+                states.append(self._query_state(order.orderId, out_trade_no, answer))
         return states
 
     def jit_close(self) -> None:
@@ -348,6 +350,8 @@ class WechatPayType(PayProvider):
             "refund_fee": yuan_to_fen(amount),
             "refund_fee_type": CURRENCY,
             "refund_desc": strip_edges(cut_utf8(strip_edges(reason), 80)) if reason else None,
+            # WeChat Pay tells how the refund ended here (a refund notification, see verify_notify)
+            "notify_url": self.settings.notifyUrl,
         }
         answer = self.api.call("secapi/pay/refund", fields, use_cert=True)
         other_transaction = order.tradeNo and answer.get("transaction_id") not in (None, "", order.tradeNo)
@@ -413,7 +417,8 @@ class WechatPayType(PayProvider):
             raise NotifyInvalid(f"WeChat Pay notification rejected: {exc}") from None
 
     def verify_notify(self, fields: Mapping[str, Any]) -> TradeState:
-        """Verify a payment notification: the signature over every received field with the configured ``signType``
+        """Verify a notification. A refund notification (``req_info``, no signature) is asked about, see
+        :meth:`_refund_notification_state`. A payment notification: the signature over every received field with the configured ``signType``
         (a notification signed another way is ``SignatureInvalid``, whatever its signature's length), then
         ``return_code``, ``appid``, ``mch_id`` and ``fee_type`` (``CNY`` when present) (``NotifyInvalid``).
         ``result_code=FAIL`` reports ``failed``; ``SUCCESS`` reports ``success`` with ``transaction_id``,
@@ -427,6 +432,8 @@ class WechatPayType(PayProvider):
         logged)."""
         if any(not isinstance(k, str) or not isinstance(v, str) for k, v in fields.items()):
             raise NotifyInvalid("WeChat Pay notification fields must all be text")
+        if "req_info" in fields and "sign" not in fields:
+            return self._refund_notification_state(fields)
         if not fields.get("sign"):
             raise SignatureInvalid("WeChat Pay notification carries no signature")
         sign_type = self.settings.signType
@@ -436,12 +443,7 @@ class WechatPayType(PayProvider):
         if not verify_sign(fields, self.settings.apiKey, sign_type):
             raise SignatureInvalid(f"WeChat Pay notification signature does not verify ({sign_type}, the configured "
                                    f"signType)")
-        if fields.get("return_code") != "SUCCESS":
-            raise NotifyInvalid(f"WeChat Pay notification has return_code {fields.get('return_code')!r}")
-        if fields.get("appid") != self.settings.appId:
-            raise NotifyInvalid(f"WeChat Pay notification is for appid {fields.get('appid')!r}, not ours")
-        if fields.get("mch_id") != self.settings.mchId:
-            raise NotifyInvalid(f"WeChat Pay notification is for mch_id {fields.get('mch_id')!r}, not ours")
+        self._check_addressed(fields, "notification")
         if fields.get("fee_type") not in (None, "", CURRENCY):
             raise NotifyInvalid(f"WeChat Pay notification is in fee_type {fields.get('fee_type')[:16]!r}, not "
                                 f"{CURRENCY}", details={"fee_type": fields.get("fee_type")[:16]})
@@ -451,6 +453,43 @@ class WechatPayType(PayProvider):
             return TradeState(orderId=orderId, status="failed", tradeNo=fields.get("transaction_id") or None,
                               raw=dict(fields), reference=out_trade_no)
         return self._paid_state(orderId, "success", fields, NotifyInvalid, out_trade_no)
+
+    def _check_addressed(self, fields: Mapping[str, str], what: str) -> None:
+        """``return_code`` SUCCESS and this merchant's ``appid`` and ``mch_id``, else ``NotifyInvalid``."""
+        if fields.get("return_code") != "SUCCESS":
+            raise NotifyInvalid(f"WeChat Pay {what} has return_code {fields.get('return_code')!r}")
+        if fields.get("appid") != self.settings.appId:
+            raise NotifyInvalid(f"WeChat Pay {what} is for appid {fields.get('appid')!r}, not ours")
+        if fields.get("mch_id") != self.settings.mchId:
+            raise NotifyInvalid(f"WeChat Pay {what} is for mch_id {fields.get('mch_id')!r}, not ours")
+
+    def _refund_notification_state(self, fields: Mapping[str, str]) -> TradeState:
+        """A refund notification: ``return_code``, ``appid``, ``mch_id`` checked (``NotifyInvalid``), ``req_info``
+        decrypted with the API key (:mod:`.reqinfo`; what does not decrypt is ``SignatureInvalid``). Its words are
+        not taken: it names the trade (``out_trade_no``) and the refund (``out_refund_no``), and the trade's state is
+        what ``orderquery`` answers now (paid or refunded, with its ``transaction_id`` and ``total_fee``; a trade
+        WeChat Pay does not know or that was never paid is ``NotifyInvalid``), with ``refundId`` = ``out_refund_no``:
+        PaySvc then asks :meth:`refund_state` how that refund ended. A failed ``orderquery`` raises its
+        ``ProviderError`` (the notification is answered ``FAIL``, and WeChat Pay sends it again)."""
+        self._check_addressed(fields, "refund notification")
+        try:
+            told = parse_xml(decrypt_req_info(fields["req_info"], self.settings.apiKey), root="root")
+        except (ReqInfoInvalid, XmlRejected) as exc:
+            raise SignatureInvalid(f"WeChat Pay refund notification: req_info does not decrypt to a refund with "
+                                   f"this merchant's API key ({exc})") from None
+        out_trade_no, out_refund_no = told.get("out_trade_no", ""), told.get("out_refund_no", "")
+        if not _OUT_TRADE_NO.fullmatch(out_trade_no) or not 0 < len(out_refund_no) <= 64:
+            raise NotifyInvalid("WeChat Pay refund notification lacks a valid out_trade_no or out_refund_no")
+        answer = self.api.call("pay/orderquery", {"out_trade_no": out_trade_no}, accept_errors={"ORDERNOTEXIST"})
+        if answer.get("result_code") != "SUCCESS":
+            raise NotifyInvalid(f"WeChat Pay refund notification names out_trade_no {out_trade_no}, which WeChat Pay "
+                                f"does not know")
+        orderId = self._notified_order_id(out_trade_no, answer.get("attach") or "")
+        state = self._query_state(orderId, out_trade_no, answer)
+        if state.status not in ("success", "refunded"):
+            raise NotifyInvalid(f"WeChat Pay refund notification names out_trade_no {out_trade_no}, which is "
+                                f"{state.status}, not paid")
+        return replace(state, refundId=out_refund_no, raw={**state.raw, "refund_notification": told})
 
     def notify_reply(self, ok: bool, message: str = "") -> NotifyReply:
         """``<xml><return_code>SUCCESS</return_code><return_msg>OK</return_msg></xml>`` (in CDATA) when ``ok``, else
@@ -486,11 +525,12 @@ class WechatPayType(PayProvider):
                         out_trade_no, attach[:64])
         return out_trade_no
 
-    def _query_state(self, order: OrderView, out_trade_no: str, answer: Mapping[str, str]) -> TradeState:
-        """One ``orderquery`` answer (``result_code=SUCCESS``) about ``out_trade_no`` of ``order`` as a state."""
+    def _query_state(self, orderId: str, out_trade_no: str, answer: Mapping[str, str]) -> TradeState:
+        """One ``orderquery`` answer (``result_code=SUCCESS``) about ``out_trade_no`` of order ``orderId`` as a
+        state."""
         if answer.get("out_trade_no") not in (None, "", out_trade_no):
             raise ProviderError("WeChat Pay orderquery answered about another order", provider_code="INVALID_RESPONSE")
-        if out_trade_no != order.orderId and answer.get("attach") not in (None, "", order.orderId):
+        if out_trade_no != orderId and answer.get("attach") not in (None, "", orderId):
             # the MWEB reference is joined to the order only through attach, as in notifications
             raise ProviderError(f"WeChat Pay orderquery of {out_trade_no} answered about another order (attach "
                                 f"{answer.get('attach', '')[:64]!r})", provider_code="INVALID_RESPONSE")
@@ -503,8 +543,8 @@ class WechatPayType(PayProvider):
             raise ProviderError(f"WeChat Pay orderquery gave an unknown trade_state {trade_state!r}",
                                 provider_code="INVALID_RESPONSE", provider_message=answer.get("trade_state_desc"))
         if status in ("success", "refunded"):
-            return self._paid_state(order.orderId, status, answer, ProviderError, out_trade_no)
-        return TradeState(orderId=order.orderId, status=status, raw=dict(answer),  # type: ignore[arg-type]
+            return self._paid_state(orderId, status, answer, ProviderError, out_trade_no)
+        return TradeState(orderId=orderId, status=status, raw=dict(answer),  # type: ignore[arg-type]
                           reference=out_trade_no)
 
     @staticmethod

@@ -59,12 +59,13 @@ def _safe_parser_create(encoding: str | None = None, namespace_separator: str | 
 _SAFE_EXPAT = SimpleNamespace(ParserCreate=_safe_parser_create)
 
 
-def parse_xml(body: bytes | str, *, max_bytes: int = NOTIFY_MAX_BYTES) -> dict[str, str]:
+def parse_xml(body: bytes | str, *, max_bytes: int = NOTIFY_MAX_BYTES, root: str = "xml") -> dict[str, str]:
     """Parse a WeChat Pay XML document into ``{field: text}``, exactly as received (no whitespace stripped).
 
     Raises :class:`XmlRejected` for a body over ``max_bytes``, a non-UTF-8 body, a DOCTYPE / entity declaration /
-    processing instruction, malformed XML, a root other than ``<xml>``, or children that are not plain text.
-    An empty element gives ``""``.
+    processing instruction, malformed XML, a root element other than ``<{root}>`` (``<xml>``; a refund
+    notification's decrypted ``req_info`` is a ``<root>``), or children that are not plain text. An empty element
+    gives ``""``.
     """
     raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     if len(raw) > max_bytes:
@@ -85,20 +86,20 @@ def parse_xml(body: bytes | str, *, max_bytes: int = NOTIFY_MAX_BYTES) -> dict[s
         raise
     except (_expat.ExpatError, ValueError) as exc:
         raise XmlRejected(f"malformed XML ({type(exc).__name__})") from None
-    if not isinstance(doc, dict) or list(doc) != ["xml"]:
-        raise XmlRejected("the root element must be <xml>")
-    root = doc["xml"]
-    if root is None:
+    if not isinstance(doc, dict) or list(doc) != [root]:
+        raise XmlRejected(f"the root element must be <{root}>")
+    element = doc[root]
+    if element is None:
         return {}
-    if isinstance(root, str):
-        if root.strip():
-            raise XmlRejected("<xml> must contain fields, not text")
+    if isinstance(element, str):
+        if element.strip():
+            raise XmlRejected(f"<{root}> must contain fields, not text")
         return {}
     fields: dict[str, str] = {}
-    for name, value in root.items():
+    for name, value in element.items():
         if name == "#text":
             if value.strip():
-                raise XmlRejected("<xml> must contain fields, not text")
+                raise XmlRejected(f"<{root}> must contain fields, not text")
             continue
         if name.startswith("@"):
             raise XmlRejected("attributes are not allowed")
@@ -131,16 +132,18 @@ def build_xml(fields: Mapping[str, Any]) -> bytes:
     return xmltodict.unparse({"xml": clean}, full_document=False).encode("utf-8")
 
 
-def build_cdata_xml(fields: Mapping[str, Any]) -> bytes:
-    """Serialise ``fields`` the way WeChat Pay itself writes XML: every value in a CDATA section.
+def build_cdata_xml(fields: Mapping[str, Any], *, root: str = "xml") -> bytes:
+    """Serialise ``fields`` the way WeChat Pay itself writes XML: every value in a CDATA section, in ``<{root}>``.
 
-    Used for notification replies (whose exact shape WeChat documents) and by the sandbox for notifications.
-    ``None`` values are left out."""
-    parts = ["<xml>"]
+    Used for notification replies (whose exact shape WeChat documents) and by the sandbox for notifications (and,
+    with ``root="root"``, the plain text of a refund notification's ``req_info``). ``None`` values are left out."""
+    if not _FIELD_NAME.fullmatch(root):
+        raise ValueError(f"invalid XML root name {root!r}")
+    parts = [f"<{root}>"]
     for name, value in fields.items():
         if value is None:
             continue
         text = _check_field(name, value).replace("]]>", "]]]]><![CDATA[>")
         parts.append(f"<{name}><![CDATA[{text}]]></{name}>")
-    parts.append("</xml>")
+    parts.append(f"</{root}>")
     return "".join(parts).encode("utf-8")

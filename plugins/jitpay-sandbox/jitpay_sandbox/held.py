@@ -19,9 +19,9 @@ NOTIFY_MODES = ("send", "hold")
 @dataclass(frozen=True)
 class HeldNotification:
     """One notification exactly as the sandbox would have posted it: ``body`` (the exact bytes), ``headers`` (the
-    ``Content-Type`` it is sent with) to ``url`` (the trade's ``notify_url``). ``provider`` is ``"alipay"`` or
-    ``"wechat"``, ``reference`` the trade's ``out_trade_no``, ``event`` what happened (``"paid"`` or ``"failed"``),
-    ``at`` when (aware, Beijing time)."""
+    ``Content-Type`` it is sent with) to ``url`` (the trade's ``notify_url``, or the refund's). ``provider`` is
+    ``"alipay"`` or ``"wechat"``, ``reference`` the trade's ``out_trade_no``, ``event`` what happened (``"paid"``,
+    ``"failed"`` or ``"refund"``), ``at`` when (aware, Beijing time)."""
 
     provider: str
     reference: str

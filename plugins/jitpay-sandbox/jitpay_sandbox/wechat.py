@@ -21,6 +21,8 @@ Differences from the real service, on purpose:
 - ``/secapi/pay/refund`` is plain HTTP, so the merchant client certificate cannot be checked; refunds complete at once
   (``SUCCESS`` in ``/pay/refundquery``) unless :attr:`~WechatSandbox.refunds_wait` is set: then they stay
   ``PROCESSING`` until :meth:`~WechatSandbox.finish_refund` ends them (``SUCCESS``, ``REFUNDCLOSE``, ``CHANGE``).
+  A refund made with a ``notify_url`` sends its refund notification there when it ends (unsigned, ``req_info``
+  encrypted as WeChat Pay does; event ``"refund"`` when held).
 - Notifications are retried after ``notifyRetryDelays`` seconds (default 2, 5, 10, 30, 60), far shorter than
   WeChat's 15 s ... 60 min schedule.
 - Trades live in the memory of the serving process.
@@ -58,6 +60,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from elements.pays.WechatPayType.reqinfo import encrypt_req_info
 from elements.pays.WechatPayType.wirexml import XmlRejected, build_cdata_xml, parse_xml
 from jitcore.errors import ConfigError
 
@@ -153,6 +156,8 @@ class _Refund:
     success_time: str
     #: SUCCESS, PROCESSING, REFUNDCLOSE (nothing refunded) or CHANGE (the buyer's account could not take it)
     status: str = "SUCCESS"
+    #: where the refund notification goes when the refund ends (the request's notify_url; none: not sent)
+    notify_url: str = ""
 
 
 @dataclass
@@ -431,11 +436,16 @@ class WechatSandbox(WechatWalletSandbox):
             if refund is None:
                 if trade.refunded_fee + refund_fee > trade.total_fee:
                     raise _BizFail("INVALID_REQUEST", "退款金额大于支付金额")
+                notify_url = fields.get("notify_url") or ""
+                if notify_url and not notify_url.startswith(("http://", "https://")):
+                    raise _Fail("notify_url参数格式错误")
                 refund = _Refund(out_refund_no=fields["out_refund_no"], refund_id="50" + digits(27),
                                  refund_fee=refund_fee, success_time="" if self.refunds_wait else _refund_time(),
-                                 status="PROCESSING" if self.refunds_wait else "SUCCESS")
+                                 status="PROCESSING" if self.refunds_wait else "SUCCESS", notify_url=notify_url)
                 trade.refunds[refund.out_refund_no] = refund
                 trade.state = "REFUND"
+                if refund.status == "SUCCESS":
+                    self._notify_refund(trade, refund)
             return {"transaction_id": trade.transaction_id, "out_trade_no": trade.out_trade_no,
                     "out_refund_no": refund.out_refund_no, "refund_id": refund.refund_id,
                     "refund_fee": str(refund.refund_fee), "settlement_refund_fee": str(refund.refund_fee),
@@ -478,7 +488,32 @@ class WechatSandbox(WechatWalletSandbox):
         refund.status = {"SUCCESS": "SUCCESS", "CLOSED": "REFUNDCLOSE", "ABNORMAL": "CHANGE"}[outcome]
         if refund.status == "SUCCESS":
             refund.success_time = _refund_time()
+        trade = next(t for t in self._trades.values() if refund.out_refund_no in t.refunds)
+        self._notify_refund(trade, refund)
         return True
+
+    def _notify_refund(self, trade: _Trade, refund: _Refund) -> None:
+        """The refund ended (SUCCESS, REFUNDCLOSE, CHANGE): its notification goes to the refund's ``notify_url`` (none:
+        nothing is sent), unsigned, the details in ``req_info`` (AES-256-ECB under the MD5 of the API key), sent in
+        the background or held (event ``"refund"``). The caller holds the lock."""
+        if not refund.notify_url:
+            return
+        told = {"transaction_id": trade.transaction_id, "out_trade_no": trade.out_trade_no,
+                "refund_id": refund.refund_id, "out_refund_no": refund.out_refund_no,
+                "total_fee": str(trade.total_fee), "settlement_total_fee": str(trade.total_fee),
+                "refund_fee": str(refund.refund_fee), "settlement_refund_fee": str(refund.refund_fee),
+                "refund_status": refund.status, "success_time": refund.success_time or None,
+                "refund_recv_accout": "支付用户零钱", "refund_account": "REFUND_SOURCE_RECHARGE_FUNDS",
+                "refund_request_source": "API"}
+        notification = {"return_code": "SUCCESS", "appid": self.settings.appId, "mch_id": self.settings.mchId,
+                        "nonce_str": "".join(secrets.choice(ALNUM) for _ in range(32)),
+                        "req_info": encrypt_req_info(build_cdata_xml(told, root="root"), self.settings.apiKey)}
+        body = build_cdata_xml(notification)
+        if self._notify_mode == "hold":
+            self._hold(trade.out_trade_no, "refund", refund.notify_url, body, NOTIFY_HEADERS)
+        else:
+            threading.Thread(target=self._deliver, args=(trade, refund.notify_url, body),
+                             name=f"wechat-sandbox-refund-notify-{refund.out_refund_no}", daemon=True).start()
 
     def _unfinished_refunds(self) -> list[str]:
         return [r.out_refund_no for t in self._trades.values() for r in t.refunds.values()
