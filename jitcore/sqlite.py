@@ -146,7 +146,13 @@ class driver_transaction:
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
         try:
-            self._send("ROLLBACK" if kind is not None else "COMMIT")
+            if kind is None:
+                self._send("COMMIT")
+                return
+            try:
+                self._send("ROLLBACK")
+            except Exception:  # the block's own error is the one to see; the pool rolls back on return anyway
+                log.warning("could not roll back a bookkeeping transaction", exc_info=True)
         finally:
             self._give_back()
 
