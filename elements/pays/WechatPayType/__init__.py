@@ -418,12 +418,12 @@ class WechatPayType(PayProvider):
 
     def verify_notify(self, fields: Mapping[str, Any]) -> TradeState:
         """Verify a notification. A refund notification (``req_info``, no signature) is asked about, see
-        :meth:`_refund_notification_state`. A payment notification: the signature over every received field with the configured ``signType``
-        (a notification signed another way is ``SignatureInvalid``, whatever its signature's length), then
-        ``return_code``, ``appid``, ``mch_id`` and ``fee_type`` (``CNY`` when present) (``NotifyInvalid``).
-        ``result_code=FAIL`` reports ``failed``; ``SUCCESS`` reports ``success`` with ``transaction_id``,
-        ``total_fee`` (plain digits, nothing else) as yuan and ``time_end``. Checking the amount against the order
-        is the caller's job.
+        :meth:`_refund_notification_state`. A payment notification: the signature over every received field with the
+        configured ``signType`` (a notification signed another way is ``SignatureInvalid``, whatever its signature's
+        length), then ``return_code``, ``appid``, ``mch_id`` and ``fee_type`` (``CNY`` when present)
+        (``NotifyInvalid``). ``result_code=FAIL`` reports ``failed``; ``SUCCESS`` reports ``success`` with
+        ``transaction_id``, ``total_fee`` (plain digits, nothing else) as yuan and ``time_end``. Checking the amount
+        against the order is the caller's job.
 
         The order: ``attach`` when ``out_trade_no`` is one of the references derived from it (the order id itself
         for NATIVE, :func:`mweb_out_trade_no` for MWEB), recomputed here, never taken on trust. Otherwise an MWEB
