@@ -401,6 +401,20 @@ def test_check_and_the_sweep_find_payments_without_notifications(live: LiveApp) 
     assert_money_invariant(live, checked_id, swept_id, closed_id, twice_id)
 
 
+def test_a_sweep_whose_time_is_up_leaves_the_rest_to_the_next_pass(live: LiveApp) -> None:
+    """A pass that has spent its budget asking (providers answering slowly) stops asking: what it did not ask about
+    is not marked checked, and the next pass finds the payment."""
+    pay, svc = live.pay_service, paysvc(live)
+    order_id = pay.create(subject="Found by the next pass", amount="1.50")["orderId"]
+    pay_in_wallet(pay.getPayUrl(orderId=order_id, fullName=ALIPAY, payType="pc")["payUrl"])
+    take_notifications(live)  # never delivered
+    assert svc.sweep(min_age=timedelta(0), recheck=timedelta(0), budget=0) == 0
+    assert pay.query(orderId=order_id)["status"] == "pending"
+    assert svc.sweep(min_age=timedelta(0), recheck=timedelta(0)) == 1
+    assert pay.query(orderId=order_id)["status"] == "success"
+    assert_money_invariant(live, order_id)
+
+
 # -- 7. duplicated and out of order ------------------------------------------------------------------------------------
 def snapshot(live: LiveApp, order_id: str) -> tuple[Any, ...]:
     """What a notification could change about an order: the order and its payments and refunds, its events, its

@@ -11,7 +11,7 @@
   ``abnormal``) stands and record the answer; while it is not final, asked again at the pace of
   :func:`refund_question_delay` (5 minutes, then hourly, then every 6 hours).
 - ``pays.sweep`` (every minute): ask the providers about trades that may have captured money without a
-  notification reaching us (a bounded number per run, least recently checked first), expire trades whose order's
+  notification reaching us (a bounded number per run and a bounded time, least recently checked first), expire trades whose order's
   payment window is over, close pending orders that can no longer be paid, restart refunds left open and ask again
   about accepted refunds whose follow-up stopped.
 """
@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,9 @@ SWEEP_RECHECK = timedelta(minutes=2)
 #: at most this many trades per run (the job runs every SWEEP_EVERY seconds): a bounded rate of provider calls
 SWEEP_LIMIT = 50
 SWEEP_EVERY = 60.0
+#: seconds a pass spends asking providers at most (50 trades at a provider that hangs until every call's timeout
+#: would hold the job past its lease, and a second runner would start the same pass): the rest waits for the next
+SWEEP_BUDGET_SECONDS = 120.0
 #: a trade is expired (no longer asked about) this long after its order's payment window ended
 EXPIRY_GRACE = timedelta(minutes=10)
 #: an open refund untouched this long is sent again
@@ -182,17 +186,25 @@ def _sweep_job(app: "App", payload: dict[str, Any], job: "Job") -> None:
 
 
 def sweep(svc: "PaySvc", *, min_age: timedelta = SWEEP_MIN_AGE, recheck: timedelta = SWEEP_RECHECK,
-          limit: int = SWEEP_LIMIT, grace: timedelta = EXPIRY_GRACE) -> int:
+          limit: int = SWEEP_LIMIT, grace: timedelta = EXPIRY_GRACE, budget: float = SWEEP_BUDGET_SECONDS) -> int:
     """One pass over trades that may have captured money unseen (see the module docstring). Returns how many trades
-    were asked about. Provider errors are recorded; the next pass asks again."""
+    were asked about. Provider errors are recorded; the next pass asks again. Once ``budget`` seconds have gone into
+    asking, the trades left wait for the next pass (least recently checked first, they come first then)."""
     ledger = svc.ledger
     ledger.flush_rejections()  # rejected notifications counted, not stored, in a window that has ended
     now = utcnow()
+    deadline = time.monotonic() + budget
     candidates = ledger.sweep_candidates(checked_before=now - recheck, created_before=now - min_age, limit=limit)
     groups: dict[tuple[str, str], list[Row]] = {}
     for payment in candidates:
         groups.setdefault((payment.orderId, payment.provider), []).append(payment)
+    asked = 0
     for (order_id, fullName), payments in groups.items():
+        if time.monotonic() >= deadline:
+            log.warning("sweep: %d trades left for the next pass (the providers answered slowly)",
+                        len(candidates) - asked)
+            break
+        asked += len(payments)
         order = ledger.order(order_id)
         if order is None:
             continue
@@ -223,4 +235,4 @@ def sweep(svc: "PaySvc", *, min_age: timedelta = SWEEP_MIN_AGE, recheck: timedel
                 else:
                     svc.app.jobs.enqueue(conn, JOB_REFUND, {"refund": refund.id}, dedupeKey=f"refund:{refund.id}")
         svc.app.jobs.wake()
-    return len(candidates)
+    return asked
