@@ -140,7 +140,7 @@ def serve_workers(asgi: str, host: str, port: int, workers: int, *, factory: boo
         return
     config = uvicorn.Config(asgi, factory=factory, host=host, port=port, workers=workers)
     try:
-        reserved = listeners.reserve_address(host, port)
+        reserved = listeners.bind_in_group(host, port)  # the address, not listened on
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         return
@@ -159,10 +159,6 @@ def serve_workers(asgi: str, host: str, port: int, workers: int, *, factory: boo
                 Multiprocess(config, sockets=sockets).run()  # type: ignore[arg-type]
         except KeyboardInterrupt:  # pragma: no cover - the supervisor handles SIGINT itself
             pass
-
-
-#: kept importable from here: tests and older callers use it
-share_tcp_socket = listeners.share_tcp_socket
 
 
 #: API keys published with JitPay (the demo key `make run` sets): accepted on a loopback host only

@@ -7,7 +7,7 @@ every notification, bound to one core by its interpreter lock, while the other i
 
 On Linux each worker binds a socket of its own to the address instead, with ``SO_REUSEPORT``; the kernel hands each
 new connection to one of the listening sockets by a hash of its addresses and ports, so the workers get about equal
-shares. The supervisor binds the address first without listening (:func:`reserve_address`): a port taken by another
+shares. The supervisor binds the address first without listening (:func:`bind_in_group`): a port taken by another
 program fails at once with a clear error instead of a worker crash loop, an ephemeral port (``--port 0``) is the
 same for every worker, and the port stays the group's while workers restart. The price: connections waiting in the
 queue of a worker that dies are reset (the provider sends its notification again; Linux's
@@ -24,7 +24,7 @@ import socket
 import sys
 from typing import Any
 
-__all__ = ["per_worker_sockets", "reserve_address", "WorkerListener", "bind_worker_listener", "share_tcp_socket"]
+__all__ = ["per_worker_sockets", "bind_in_group", "WorkerListener", "share_tcp_socket"]
 
 
 def per_worker_sockets() -> bool:
@@ -32,15 +32,17 @@ def per_worker_sockets() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def _tcp_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    """A TCP socket (the protocol named) bound to ``(host, port)``, address reuse on; IPv6 when ``host`` has a
-    colon, as uvicorn decides."""
+def bind_in_group(host: str, port: int) -> socket.socket:
+    """A TCP socket (the protocol named) bound to ``(host, port)`` with ``SO_REUSEADDR`` and ``SO_REUSEPORT``; IPv6
+    when ``host`` has a colon, as uvicorn decides. The supervisor binds one without listening, first, to reserve the
+    address (kept open while the workers run; no connection is ever queued on a socket that does not listen); each
+    worker binds one and listens on it. Raises :class:`OSError` when the address cannot be bound (taken by a program
+    that does not share it, not permitted, not an address of this machine)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host.strip("[]"), port))
     except BaseException:
         sock.close()
@@ -48,33 +50,20 @@ def _tcp_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def reserve_address(host: str, port: int) -> socket.socket:
-    """Bind ``(host, port)`` for the workers' group of sockets, without listening (no connection is ever queued on
-    it), in the supervisor. Keep it open while the workers run. Raises :class:`OSError` when the address cannot be
-    bound (taken by a program that does not share it, not permitted, not an address of this machine)."""
-    return _tcp_socket(host, port, reuse_port=True)
-
-
 class WorkerListener:
     """What the supervisor hands each worker in place of a socket: unpickled in the worker process (uvicorn pickles
-    the list of sockets for every worker it starts, restarts included), it becomes that worker's own listening
-    socket on ``(host, port)`` (:func:`bind_worker_listener`)."""
+    the list of sockets for every worker it starts, restarts included), it becomes that worker's own socket on
+    ``(host, port)`` (:func:`bind_in_group`), on which uvicorn's server listens."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
 
     def __reduce__(self) -> tuple[Any, tuple[str, int]]:
-        return bind_worker_listener, (self.host, self.port)
+        return bind_in_group, (self.host, self.port)
 
     def __repr__(self) -> str:
         return f"WorkerListener({self.host!r}, {self.port})"
-
-
-def bind_worker_listener(host: str, port: int) -> socket.socket:
-    """A worker's own socket on ``(host, port)``, in the address's ``SO_REUSEPORT`` group (uvicorn's server listens on
-    it)."""
-    return _tcp_socket(host, port, reuse_port=True)
 
 
 def share_tcp_socket() -> None:

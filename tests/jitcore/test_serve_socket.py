@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from uvicorn.config import Config
 
-from jitcore.cli import share_tcp_socket
-from jitcore.listeners import WorkerListener, per_worker_sockets, reserve_address
+from jitcore.listeners import WorkerListener, bind_in_group, per_worker_sockets, share_tcp_socket
 
 JIT = str(Path(sys.executable).parent / "jit")
 
@@ -58,7 +57,7 @@ linux_only = pytest.mark.skipif(not per_worker_sockets(), reason="SO_REUSEPORT s
 
 @linux_only
 def test_worker_listeners_share_the_address_and_split_the_connections() -> None:
-    reserved = reserve_address("127.0.0.1", 0)
+    reserved = bind_in_group("127.0.0.1", 0)
     port = reserved.getsockname()[1]
     # what each worker process gets: the placeholder, pickled by the supervisor, a socket once unpickled
     workers = [pickle.loads(pickle.dumps(WorkerListener("127.0.0.1", port))) for _ in range(2)]

@@ -123,7 +123,7 @@ class ServerThread:
 def bind_loopback() -> socket.socket:
     """A listening-ready socket on a free port of 127.0.0.1. Its protocol is TCP by name: asyncio sets
     ``TCP_NODELAY`` only on connections of such a socket, and without it every response waited 40 ms for the
-    client's delayed ACK (see ``jitcore.cli.share_tcp_socket``)."""
+    client's delayed ACK (see ``jitcore.listeners.share_tcp_socket``)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

@@ -479,16 +479,15 @@ class WechatSandbox(WechatWalletSandbox):
             return answer
 
     def _finish_refund(self, out_refund_no: str, outcome: str) -> bool:
-        refund = next((r for t in self._trades.values() for r in t.refunds.values()
-                       if r.out_refund_no == out_refund_no), None)
-        if refund is None:
+        trade = next((t for t in self._trades.values() if out_refund_no in t.refunds), None)
+        if trade is None:
             raise KeyError(out_refund_no)
+        refund = trade.refunds[out_refund_no]
         if refund.status not in ("PROCESSING", "CHANGE") or (refund.status == "CHANGE" and outcome != "SUCCESS"):
             return False
         refund.status = {"SUCCESS": "SUCCESS", "CLOSED": "REFUNDCLOSE", "ABNORMAL": "CHANGE"}[outcome]
         if refund.status == "SUCCESS":
             refund.success_time = _refund_time()
-        trade = next(t for t in self._trades.values() if refund.out_refund_no in t.refunds)
         self._notify_refund(trade, refund)
         return True
 

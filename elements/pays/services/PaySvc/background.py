@@ -11,9 +11,9 @@
   ``abnormal``) stands and record the answer; while it is not final, asked again at the pace of
   :func:`refund_question_delay` (5 minutes, then hourly, then every 6 hours).
 - ``pays.sweep`` (every minute): ask the providers about trades that may have captured money without a
-  notification reaching us (a bounded number per run and a bounded time, least recently checked first), expire trades whose order's
-  payment window is over, close pending orders that can no longer be paid, restart refunds left open and ask again
-  about accepted refunds whose follow-up stopped.
+  notification reaching us (a bounded number per run and a bounded time, least recently checked first), expire
+  trades whose order's payment window is over, close pending orders that can no longer be paid, restart refunds left
+  open and ask again about accepted refunds whose follow-up stopped.
 """
 
 from __future__ import annotations
