@@ -5,7 +5,9 @@ with the gateway's public key, through ``cryptography`` like JitPay), then one c
 ``UPDATE floor_order SET status = 'success' ... WHERE "orderId" = ? AND status = 'pending'`` in autocommit, and
 answer ``success`` (on SQLite the threads of a worker take turns for the UPDATE, so that they queue on a lock
 rather than in SQLite's sleeping busy handler). Served by uvicorn like ``jit serve`` (:mod:`serve_floor`: same workers, same socket, access log on); the database connection comes
-from ``jitcore.app.create_engine``, so SQLite runs with JitPay's settings (WAL, synchronous=FULL, busy timeout).
+from ``jitcore.app.create_engine`` (WAL, busy timeout), and SQLite commits durably the plain way,
+``synchronous=FULL``: the WAL synced in each commit, under the write lock (JitPay's commits are as durable, synced
+after the writer's turn: :class:`jitcore.sqlite.WalSync`).
 
 Configured by the environment: ``FLOOR_DATABASE`` (SQLAlchemy URL), ``FLOOR_PUBLIC_KEY`` (PEM file).
 """
@@ -31,6 +33,12 @@ import jitcore.app
 
 ENGINE = jitcore.app.create_engine(os.environ["FLOOR_DATABASE"])
 SQLITE = ENGINE.dialect.name == "sqlite"
+if SQLITE:
+    from sqlalchemy import event
+
+    @event.listens_for(ENGINE, "connect")
+    def _synchronous_full(dbapi_connection: object, _record: object) -> None:
+        dbapi_connection.execute("PRAGMA synchronous=FULL")  # type: ignore[attr-defined]
 with open(os.environ["FLOOR_PUBLIC_KEY"], "rb") as key_file:
     PUBLIC_KEY = serialization.load_pem_public_key(key_file.read())
 P = "?" if SQLITE else "%s"

@@ -9,8 +9,9 @@
   plus an audit INSERT in one transaction, one SELECT (bar: floor / JitPay at least 0.4).
 
 The floors run on the bare driver (sqlite3, psycopg) over a connection from the same engine factory as JitPay's
-(``jitcore.app.create_engine``: WAL and ``synchronous=FULL`` on SQLite), against copies of the order and audit tables
-in the same database; PostgreSQL runs with fsync on (:func:`_support.durable_postgres`). A single statement runs
+(``jitcore.app.create_engine``), against copies of the order and audit tables in the same database, with durable
+commits the plain way: SQLite in WAL mode with ``synchronous=FULL`` (JitPay's commits are as durable, synced after
+the writer's turn: :class:`jitcore.sqlite.WalSync`); PostgreSQL with fsync on (:func:`_support.durable_postgres`). A single statement runs
 in autocommit, as a hand-written program would. JitPay runs through ``app.getElement`` (argument checking
 included), with the payment ledger, the outbox and one subscriber of ``jit_order_paid``.
 
@@ -64,7 +65,9 @@ class Floor:
         metadata.create_all(self.engine)
         self.pooled = self.engine.raw_connection()
         self.conn = self.pooled.driver_connection
-        if not self.sqlite:
+        if self.sqlite:  # durable commits the plain way: SQLite syncs the WAL in each commit, under the write lock
+            self.conn.execute("PRAGMA synchronous=FULL")
+        else:
             self.conn.autocommit = True
         p = "?" if self.sqlite else "%s"
         self.insert_sql = (f'INSERT INTO floor_order ("orderId", subject, "amountFen", status, "refundedFen", '

@@ -215,8 +215,10 @@ POOL_OVERFLOW = 10
 #: POOL_SIZE + POOL_OVERFLOW + 2 * BOOKKEEPING_POOL_SIZE connections to its database
 BOOKKEEPING_POOL_SIZE = 5
 
-#: PRAGMA synchronous for SQLite databases. FULL: in WAL mode NORMAL lets a power loss undo the last commits, and a
-#: payment commit may already have been acknowledged to the provider ("success"), which then never notifies again.
+#: PRAGMA synchronous for a durable engine's SQLite connections when commits cannot be synced after the writer's turn
+#: (:class:`jitcore.sqlite.WalSync`: a database in memory, a SQLAlchemy without the steps jitcore.sqlite needs). FULL:
+#: in WAL mode NORMAL alone lets a power loss undo the last commits, and a payment commit may already have been
+#: acknowledged to the provider ("success"), which then never notifies again.
 SQLITE_SYNCHRONOUS = "FULL"
 
 
@@ -225,9 +227,11 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
 
     The pool keeps :data:`POOL_SIZE` connections (and opens up to :data:`POOL_OVERFLOW` more for a peak; a
     bookkeeping engine :data:`BOOKKEEPING_POOL_SIZE`, and as many more). SQLite files get, on every
-    connection: WAL, ``synchronous=FULL`` (see :data:`SQLITE_SYNCHRONOUS`), foreign keys
-    and a 30 s busy timeout. A database file that does not exist yet is created ``0600`` (its ``-wal`` and ``-shm``
-    companions take the same mode). Transactions:
+    connection: WAL, foreign keys and a 30 s busy timeout; ``synchronous=NORMAL`` with each commit's WAL synced
+    after the writer's turn is given back and before ``commit()`` returns (:class:`jitcore.sqlite.WalSync`,
+    ``engine.jit_wal_sync``): a commit is on disk when its caller gets it back, and the next writer does not wait
+    for that disk write (else ``synchronous=FULL``, :data:`SQLITE_SYNCHRONOUS`). A database file that does not exist
+    yet is created ``0600`` (its ``-wal`` and ``-shm`` companions take the same mode). Transactions:
 
     - one the caller opens (``engine.begin()``, ``conn.begin()``, an ORM session) is ``BEGIN IMMEDIATE``: it takes
       the write lock first, so that a read-then-write transaction (a ledger change, a job claim) never fails half-way
@@ -257,6 +261,9 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
             database_file = _database_file(url)
             if database_file is not None:  # writers take turns (jitcore.sqlite)
                 engine.jit_write_turns = sqlite.write_turns(f"{database_file}-jitlock")
+                if durable:  # commits synced after the turn (jitcore.sqlite.WalSync)
+                    engine.jit_wal_sync = sqlite.WalSync(database_file)
+        synchronous = "NORMAL" if not durable or getattr(engine, "jit_wal_sync", None) else SQLITE_SYNCHRONOUS
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -264,7 +271,7 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS if durable else 'NORMAL'}")
+            cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()

@@ -19,7 +19,9 @@ alive:
 - claims and outcomes are *bookkeeping* (:func:`jitcore.sql.bookkeeping`): their commits do not wait for the disk
   (SQLite ``synchronous=NORMAL``, PostgreSQL ``synchronous_commit = off`` for that transaction). A power failure may
   take the last of them, never a job itself (written at the caller's durability) nor a commit made after them: the
-  job is then simply run again, which at-least-once delivery allows.
+  job is then simply run again, which at-least-once delivery allows. On SQLite a claimed job runs only after the WAL
+  is synced (:func:`jitcore.sqlite.wait_durable`): the commit that enqueued it may have been visible before it was on
+  disk.
 
 Delivery is therefore at least once: a handler that dies half-way runs again. Make handlers idempotent.
 
@@ -55,6 +57,7 @@ from sqlalchemy.exc import IntegrityError
 
 from jitcore.errors import ConfigError
 from jitcore.sql import bookkeeping, bookkeeping_change, database
+from jitcore.sqlite import wait_durable
 
 if TYPE_CHECKING:
     from jitcore.app import App
@@ -674,15 +677,20 @@ class JobQueue:
             with db.read() as reader:
                 if reader.first(ANY_CLAIMABLE, {"now": now}) is None:
                     return None, None
+        claimed = None
         with bookkeeping(self.app.engine) as conn:
             fast = db.on(conn)
             for row in fast.all(CLAIMABLE_LOCKED if db.name == "postgresql" else CLAIMABLE, {"now": now}):
                 outcome = self._take(conn, row, now)
                 if outcome == "claimed":
-                    return outcome, fast.first(JOB_BY_ID, {"jobId": row.id})
+                    claimed = fast.first(JOB_BY_ID, {"jobId": row.id})
+                    break
                 if outcome == "dead":
                     return outcome, None
-        return None, None
+        if claimed is None:
+            return None, None
+        wait_durable(self.app.engine)  # what the job acts on is on disk before it acts outside the database
+        return "claimed", claimed
 
     def _forget_claims(self, _connection: Any) -> None:
         self._local.__dict__.pop("claims", None)
@@ -700,12 +708,15 @@ class JobQueue:
 
     def _claim_id(self, job_id: int) -> Any:
         now = utcnow()
+        claimed = None
         with bookkeeping(self.app.engine) as conn:
             fast = database(conn.engine).on(conn)
             row = fast.first(CLAIMABLE_BY_ID, {"jobId": job_id, "now": now})
             if row is not None and self._take(conn, row, now) == "claimed":
-                return fast.first(JOB_BY_ID, {"jobId": job_id})
-        return None
+                claimed = fast.first(JOB_BY_ID, {"jobId": job_id})
+        if claimed is not None:
+            wait_durable(self.app.engine)  # as in _claim_next
+        return claimed
 
     def _execute(self, row: Any) -> str:
         """Run claimed job ``row`` and record its outcome: ``"done"``, ``"retried"`` or ``"dead"``."""

@@ -12,9 +12,18 @@ programs that do not take turns: the ``sqlite3`` shell, another library).
 Reads never take a turn: a transaction SQLAlchemy begins by itself on the first statement of ``engine.connect()``
 is a plain ``BEGIN`` (a WAL snapshot), and jitcore.sql's reads run in autocommit.
 
+Durable commits without holding the turn through the disk write (:class:`WalSync`): the connections of a durable
+engine run with ``synchronous=NORMAL``, so that a commit writes its pages to the WAL and ends, and the turn goes to
+the next writer at once; then, before ``commit()`` returns to its caller, the WAL file is ``fdatasync``-ed. A caller
+that got its commit back has it on disk, as with ``synchronous=FULL``; but writers no longer queue behind each other's
+disk writes, and a sync may cover several commits. What changes: another connection may see a commit a fraction of
+a millisecond before it is on disk. A reader that acts outside the database on what it read (a job runner calling a
+provider) first makes its own claim durable (:func:`wait_durable`): the WAL is written in order, so that covers every
+commit it could have seen.
+
 This relies on SQLAlchemy's ``Connection`` steps ``_autobegin``, ``_begin_impl``, ``_commit_impl``,
-``_rollback_impl`` and ``close``; with a SQLAlchemy that lacks them every transaction is ``BEGIN IMMEDIATE`` and
-writers wait in the busy handler: slower, still correct.
+``_rollback_impl`` and ``close``; with a SQLAlchemy that lacks them every transaction is ``BEGIN IMMEDIATE``,
+writers wait in the busy handler and commits run with ``synchronous=FULL``: slower, still correct.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ from typing import Any
 
 log = logging.getLogger("jitcore")
 
-__all__ = ["WriteTurn", "write_turns", "connection_class", "begin", "driver_transaction"]
+__all__ = ["WriteTurn", "write_turns", "WalSync", "wait_durable", "connection_class", "begin", "driver_transaction"]
 
 
 class WriteTurn:
@@ -63,6 +72,63 @@ class WriteTurn:
             return None
         held.depth = 1
         return held
+
+
+class WalSync:
+    """Puts what a durable engine's connections committed on disk: ``fdatasync`` of the database's WAL file, called
+    by the committing thread after it gave its turn back (see the module docstring). The connections run with
+    ``synchronous=NORMAL``: SQLite then syncs the WAL itself only before a checkpoint copies it into the database
+    (and the database after), so a WAL that is gone, or started over, was on disk before; a sync finding no WAL
+    syncs the database file instead. The first sync of a new WAL file also syncs its directory (SQLite's own
+    ``FULL`` does that at its first sync of a new file). A failed sync raises: the commit is written and visible,
+    but it may not survive a power loss, and the caller must not report it done (a provider is then answered with an
+    error and notifies again)."""
+
+    __slots__ = ("database", "wal", "_synced_file", "_lock")
+
+    def __init__(self, database_file: str) -> None:
+        self.database = database_file
+        self.wal = f"{database_file}-wal"
+        self._synced_file: tuple[int, int] | None = None  # the (device, inode) whose directory entry is on disk
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        try:
+            try:
+                descriptor, wal = os.open(self.wal, os.O_RDONLY | os.O_CLOEXEC), True
+            except FileNotFoundError:  # checkpointed into the database file and removed
+                descriptor, wal = os.open(self.database, os.O_RDONLY | os.O_CLOEXEC), False
+            try:
+                os.fdatasync(descriptor)
+                found = os.fstat(descriptor)
+            finally:
+                os.close(descriptor)
+            if wal and (found.st_dev, found.st_ino) != self._synced_file:
+                self._sync_directory((found.st_dev, found.st_ino))
+        except OSError as exc:
+            raise OSError(exc.errno, f"a commit to {self.database} is written but could not be put on disk: "
+                                     f"{exc.strerror}") from exc
+
+    def _sync_directory(self, file: tuple[int, int]) -> None:
+        with self._lock:
+            if file == self._synced_file:
+                return
+            directory = os.open(os.path.dirname(os.path.abspath(self.database)), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self._synced_file = file
+
+
+def wait_durable(engine: Any) -> None:
+    """Return once every commit this process can see in ``engine``'s database is on disk: a WAL sync for a durable
+    jitcore SQLite engine (its commits are visible to other connections a moment before they are on disk), nothing
+    for any other engine (PostgreSQL shows a durable commit to other sessions only once it is flushed). For a reader
+    about to act outside the database on what it read: a job runner before it runs a job it claimed."""
+    sync = getattr(engine, "jit_wal_sync", None)
+    if sync is not None:
+        sync()
 
 
 _TURNS: dict[str, WriteTurn] = {}
@@ -122,7 +188,8 @@ def begin(conn: Any) -> None:
 
 class driver_transaction:
     """A write transaction on a driver connection of ``engine``'s pool, as ``engine.begin()`` makes it (the writers'
-    turn, ``BEGIN IMMEDIATE``; ``COMMIT``, or ``ROLLBACK`` when the block raises; the turn given back) without
+    turn, ``BEGIN IMMEDIATE``; ``COMMIT``, or ``ROLLBACK`` when the block raises; the turn given back; a durable
+    engine's :class:`WalSync`) without
     SQLAlchemy's ``Connection``: for a single bookkeeping statement, where that machinery cost more than the
     transaction. ``with driver_transaction(engine, dbapi):``; a driver error comes out as SQLAlchemy's exception for
     it. (A class: cheaper than a generator on a path run for every job.)"""
@@ -148,13 +215,15 @@ class driver_transaction:
         try:
             if kind is None:
                 self._send("COMMIT")
+            else:
+                try:
+                    self._send("ROLLBACK")
+                except Exception:  # the block's own error is the one to see; the pool rolls back on return anyway
+                    log.warning("could not roll back a bookkeeping transaction", exc_info=True)
                 return
-            try:
-                self._send("ROLLBACK")
-            except Exception:  # the block's own error is the one to see; the pool rolls back on return anyway
-                log.warning("could not roll back a bookkeeping transaction", exc_info=True)
         finally:
             self._give_back()
+        wait_durable(self.engine)  # a durable engine's commit: on disk before the block is left
 
     def _send(self, sql: str) -> None:
         from sqlalchemy.exc import DBAPIError
@@ -179,8 +248,9 @@ _STEPS = ("_autobegin", "_begin_impl", "_commit_impl", "_rollback_impl", "close"
 def connection_class() -> Any:
     """The SQLAlchemy ``Connection`` class of jitcore's SQLite engines: it marks the transactions SQLAlchemy begins
     by itself (autobegin: a read) apart from those the caller begins (``BEGIN IMMEDIATE``, after taking the engine's
-    :class:`WriteTurn`, given back when the transaction or the connection ends). None if this SQLAlchemy lacks one
-    of the steps used (see the module docstring)."""
+    :class:`WriteTurn`, given back when the transaction or the connection ends), and after a commit that wrote runs
+    the engine's :class:`WalSync` (``engine.jit_wal_sync``, if it has one). None if this SQLAlchemy lacks one of the
+    steps used (see the module docstring)."""
     if not _CLASS:
         from sqlalchemy.engine import Connection
 
@@ -191,6 +261,10 @@ def connection_class() -> Any:
 
                 _jit_implicit_begin = False
                 _jit_turn: "_Turn | None" = None
+                #: the transaction is one the caller began (a write), or the total_changes of the connection when
+                #: SQLAlchemy began one by itself (it wrote if that moved)
+                _jit_writes = False
+                _jit_changes_at_begin: int | None = None
 
                 def _autobegin(self) -> None:
                     self._jit_implicit_begin = True
@@ -200,7 +274,10 @@ def connection_class() -> Any:
                         self._jit_implicit_begin = False
 
                 def _begin_impl(self, transaction: Any) -> None:
-                    turns = None if self._jit_implicit_begin else getattr(self.engine, "jit_write_turns", None)
+                    implicit = self._jit_implicit_begin
+                    self._jit_writes = not implicit
+                    self._jit_changes_at_begin = self.connection.dbapi_connection.total_changes if implicit else None
+                    turns = None if implicit else getattr(self.engine, "jit_write_turns", None)
                     if turns is not None and self._jit_turn is None:
                         self._jit_turn = turns.take()
                     try:
@@ -210,12 +287,20 @@ def connection_class() -> Any:
                         raise
 
                 def _commit_impl(self) -> None:
+                    sync = getattr(self.engine, "jit_wal_sync", None)
+                    wrote, changes_at_begin = self._jit_writes, self._jit_changes_at_begin
+                    self._jit_writes, self._jit_changes_at_begin = False, None
                     try:
+                        if not wrote and sync is not None and changes_at_begin is not None:
+                            wrote = self.connection.dbapi_connection.total_changes != changes_at_begin
                         super()._commit_impl()
                     finally:
                         self._jit_give_back()
+                    if wrote and sync is not None:  # on disk before commit() returns, the turn already passed on
+                        sync()
 
                 def _rollback_impl(self) -> None:
+                    self._jit_writes, self._jit_changes_at_begin = False, None
                     try:
                         super()._rollback_impl()
                     finally:

@@ -89,17 +89,20 @@ def test_reads_leave_the_pooled_connection_as_it_was(engine) -> None:
 
 
 def _durability(conn) -> object:
-    """The connection's commit durability: SQLite's synchronous level; PostgreSQL's synchronous_commit and where it
-    comes from (the test server's own setting is off already: "client" and "session" tell a connection's own)."""
+    """The connection's commit durability: SQLite's synchronous level and whether its engine syncs the WAL after each
+    commit (jitcore.sqlite.WalSync); PostgreSQL's synchronous_commit and where it comes from (the test server's own
+    setting is off already: "client" and "session" tell a connection's own)."""
     if conn.dialect.name == "sqlite":
-        return conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0]
+        level = conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0]
+        return level, getattr(conn.engine, "jit_wal_sync", None) is not None
     return tuple(conn.execute(text("SELECT setting, source FROM pg_settings WHERE name = 'synchronous_commit'")).one())
 
 
 def _configured(engine) -> object:
-    """What an app's connections are set to: jitcore's SQLite level, the PostgreSQL server's setting."""
+    """What an app's connections are set to: NORMAL and the WAL synced after each commit on a SQLite file, the
+    PostgreSQL server's setting."""
     if engine.dialect.name == "sqlite":
-        return {"FULL": 2, "EXTRA": 3, "NORMAL": 1}[jitcore.app.SQLITE_SYNCHRONOUS]
+        return 1, True
     plain = create_engine(engine.url.render_as_string(hide_password=False))
     try:
         with plain.connect() as conn:
@@ -117,7 +120,7 @@ def test_bookkeeping_runs_on_a_sibling_engine_that_does_not_wait_for_the_disk(en
     with bookkeeping(engine) as conn:
         assert conn.engine is sibling
         conn.execute(things.insert().values(name="booked", status="new"))
-        assert _durability(conn) == (1 if engine.dialect.name == "sqlite" else ("off", "client"))
+        assert _durability(conn) == ((1, False) if engine.dialect.name == "sqlite" else ("off", "client"))
     # a single statement: autocommit on PostgreSQL, a transaction taking its turn on SQLite
     assert bookkeeping_change(engine, TOUCH, {"name": "booked"}) == 1
     assert bookkeeping_change(engine, TOUCH, {"name": "booked"}) == 0
@@ -134,7 +137,7 @@ def test_bookkeeping_runs_on_a_sibling_engine_that_does_not_wait_for_the_disk(en
 def test_bookkeeping_without_a_sibling_puts_the_connection_durability_back(engine) -> None:
     plain = create_engine(engine.url.render_as_string(hide_password=False),
                           **({"connect_args": {"check_same_thread": False}} if engine.dialect.name == "sqlite" else {}))
-    configured = 2 if engine.dialect.name == "sqlite" else _configured(engine)
+    configured = (2, False) if engine.dialect.name == "sqlite" else _configured(engine)
     try:
         if engine.dialect.name == "sqlite":
             @event.listens_for(plain, "connect")
@@ -143,7 +146,7 @@ def test_bookkeeping_without_a_sibling_puts_the_connection_durability_back(engin
         with bookkeeping(plain) as conn:
             assert conn.engine is plain
             conn.execute(things.insert().values(name="plain", status="new"))
-            assert _durability(conn) == (1 if engine.dialect.name == "sqlite" else ("off", "session"))
+            assert _durability(conn) == ((1, False) if engine.dialect.name == "sqlite" else ("off", "session"))
         assert bookkeeping_change(plain, TOUCH, {"name": "plain"}) == 1
         with plain.connect() as conn:
             assert conn.execute(select(things.c.status).where(things.c.name == "plain")).scalar() == "old"
