@@ -170,7 +170,7 @@ class App:
         """Stop this process's job runner (a running job may finish), then release what the loaded elements hold
         (``Element.jit_close``) and the database connections."""
         if self._jobs is not None:
-            self._jobs.stop()
+            self._jobs.close()
         with self._lock:
             elements, self._elements, self._proxies = list(self._elements.values()), {}, {}
         for element in elements:

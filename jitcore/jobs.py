@@ -13,7 +13,8 @@ alive:
   lease) AND no earlier unfinished job has its sequenceKey``; the row count says who won. PostgreSQL candidates are
   picked ``FOR UPDATE SKIP LOCKED``; SQLite serialises every write transaction (``BEGIN IMMEDIATE``;
   an idle poll only reads).
-- a claim holds a *lease* (``leaseSeconds``); a job whose runner died is claimed again once it expires.
+- a claim holds a *lease* (``leaseSeconds``), renewed while the handler runs (:mod:`jitcore.leases`); a job whose
+  runner died (or froze longer than the lease) is claimed again once it expires.
 - *finishing* is fenced: ``UPDATE ... WHERE id = :id AND runner = :me AND state = 'running' AND attempts = :n``, so
   a runner that lost its lease cannot overwrite the outcome of the attempt that replaced it.
 - claims and outcomes are *bookkeeping* (:func:`jitcore.sql.bookkeeping`): their commits do not wait for the disk
@@ -56,6 +57,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from jitcore.errors import ConfigError
+from jitcore.leases import LeaseKeeper
 from jitcore.sql import bookkeeping, bookkeeping_change, database
 from jitcore.sqlite import wait_durable
 
@@ -201,7 +203,8 @@ class JobKind:
     #: delay after failure n: min(maxBackoffSeconds, backoffSeconds * 2**(n-1)), times a jitter of 0.5..1.5
     backoffSeconds: float = 5.0
     maxBackoffSeconds: float = 3600.0
-    #: a running job whose runner died is taken again after this; keep it above the longest run
+    #: a claim's lease: renewed every third of it while the handler runs (:mod:`jitcore.leases`), so a running job
+    #: is taken again this long after its runner stopped renewing (its process died or froze), never for being slow
     leaseSeconds: float = 300.0
     #: periodic: runners keep exactly one job of this kind, due every ``every`` seconds after the last one ended
     every: float | None = None
@@ -368,6 +371,10 @@ _TAKE_VALUES = {"state": "running", "runner": bindparam("runnerId"), "leaseUntil
 #: a claim: the candidate as it was read (unchanged), still due, not blocked by its sequence
 TAKE = update(job_table).where(*_TAKE_WHERE).values(_TAKE_VALUES)
 TAKE_LOST_LEASE = update(job_table).where(*_TAKE_WHERE).values({**_TAKE_VALUES, "lastError": bindparam("error")})
+#: the attempt that claimed it extends its lease (jitcore.leases)
+RENEW_LEASE = (update(job_table).where(_j.id == bindparam("jobId"), _j.runner == bindparam("runnerId"),
+                                       _j.state == "running", _j.attempts == bindparam("wasAttempts"))
+               .values(leaseUntil=bindparam("until"), updatedAt=bindparam("now")))
 #: the fenced success of the attempt that claimed it
 FINISH_DONE = (update(job_table).where(_j.id == bindparam("jobId"), _j.runner == bindparam("runnerId"),
                                        _j.state == "running", _j.attempts == bindparam("wasAttempts"))
@@ -440,6 +447,8 @@ class JobQueue:
         #: per thread: the jobs it inserted claimed, as written (``{id: row}``), for :meth:`run_now`
         self._local = threading.local()
         self._watched: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        #: renews the leases of the attempts this process runs while their handlers run
+        self._leases = LeaseKeeper(self._renew_lease, name=f"jit-leases-{app.appId}")
 
     # -- schema -----------------------------------------------------------------------------------------------------
     def ensure_schema(self) -> None:
@@ -721,15 +730,27 @@ class JobQueue:
     def _execute(self, row: Any) -> str:
         """Run claimed job ``row`` and record its outcome: ``"done"``, ``"retried"`` or ``"dead"``."""
         kind = self._kind(row.kind)
+        held = self._leases.hold(row, kind.leaseSeconds)  # renewed while the handler runs
         try:
-            payload = _loads(row.payload)
-            job = Job(id=row.id, kind=row.kind, payload=payload, attempt=row.attempts,
-                      createdAt=_aware(row.createdAt), sequenceKey=row.sequenceKey, lastError=row.lastError)
-            kind.handler(self.app, payload, job)
+            try:
+                payload = _loads(row.payload)
+                job = Job(id=row.id, kind=row.kind, payload=payload, attempt=row.attempts,
+                          createdAt=_aware(row.createdAt), sequenceKey=row.sequenceKey, lastError=row.lastError)
+                kind.handler(self.app, payload, job)
+            finally:
+                self._leases.release(held)
         except Exception as exc:
             return self._failed(row, kind, exc)
         self._succeeded(row, kind)
         return "done"
+
+    def _renew_lease(self, row: Any, seconds: float) -> bool:
+        """Extend the lease of the attempt that claimed ``row`` to ``seconds`` from now (bookkeeping); False if that
+        attempt no longer holds it."""
+        now = utcnow()
+        return bookkeeping_change(self.app.engine, RENEW_LEASE, {
+            "jobId": row.id, "runnerId": row.runner, "wasAttempts": row.attempts, "now": now,
+            "until": now + timedelta(seconds=seconds)}) == 1
 
     def _fence(self, row: Any) -> list[Any]:
         """Only the attempt that ``row`` claimed may record its outcome."""
@@ -924,6 +945,12 @@ class JobQueue:
         thread.join(timeout)
         if thread.is_alive():
             log.warning("the job runner did not stop within %.0f s; the lease of its job will expire", timeout)
+
+    def close(self) -> None:
+        """:meth:`stop`, then stop renewing leases: an attempt still running in another thread of this process
+        keeps its job only until its lease passes (the app is closing)."""
+        self.stop()
+        self._leases.close()
 
     def _loop(self, stop: threading.Event) -> None:
         failures = 0

@@ -275,10 +275,36 @@ def test_a_sequence_runs_in_id_order_each_job_after_the_earlier_ones_ended(make_
     assert job(app, later)["state"] == "dead" and job(app, after)["state"] == "done"
 
 
-def test_finishing_is_fenced_once_a_lease_was_taken_over(make_jobs_app: Any) -> None:
-    app = make_jobs_app()
-    job_id = enqueue(app, "test.overrun", {"sleep": 1.0})  # lease 0.3 s; attempt 1 sleeps 1 s, then fails
+def test_a_job_that_outlives_its_lease_keeps_it_while_it_runs(make_jobs_app: Any, database: str | None) -> None:
+    app = make_jobs_app(database)
+    job_id = enqueue(app, "test.slow_leased", {"sleep": 1.2})  # lease 0.3 s, renewed every 0.1 s while it runs
     first_run = threading.Thread(target=app.jobs.run_now, args=([job_id],))
+    first_run.start()
+    deadline = time.monotonic() + 10
+    while not records(app.root, kind="test.slow_leased"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    leases = []
+    while first_run.is_alive():  # another runner keeps looking: the job is never due for it
+        assert app.jobs.run_until_idle() == jitcore.RunSummary(0, 0, 0)
+        leases.append(job(app, job_id)["leaseUntil"])
+        time.sleep(0.05)
+    first_run.join()
+    finished = job(app, job_id)
+    assert finished["state"] == "done" and finished["attempts"] == 1
+    assert [entry["outcome"] for entry in records(app.root, kind="test.slow_leased")] == ["started", "finished"]
+    assert len(set(leases)) >= 5 and leases == sorted(leases)  # renewed, later each time
+    assert app.jobs._leases.holding() == 0
+
+
+def test_finishing_is_fenced_once_a_lease_was_taken_over(make_jobs_app: Any) -> None:
+    """A runner that stopped renewing (its process froze: here its lease keeper is closed) loses its job when the
+    lease passes; its late outcome does not overwrite the attempt that took over."""
+    app = make_jobs_app()
+    frozen = make_jobs_app()  # another runner on the same database
+    frozen.jobs._leases.close()
+    job_id = enqueue(app, "test.overrun", {"sleep": 1.0})  # lease 0.3 s; attempt 1 sleeps 1 s, then fails
+    first_run = threading.Thread(target=frozen.jobs.run_until_idle)
     first_run.start()
     deadline = time.monotonic() + 10
     while not records(app.root, kind="test.overrun", attempt=1):

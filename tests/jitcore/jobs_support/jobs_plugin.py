@@ -147,6 +147,7 @@ def jit_job_handlers(app: Any) -> dict[str, Any]:
         "test.block_once": JobKind(handler=block, maxAttempts=1, leaseSeconds=1),
         "test.overrun": JobKind(handler=overrun, leaseSeconds=0.3, backoffSeconds=0),
         "test.slow": slow,
+        "test.slow_leased": JobKind(handler=slow, leaseSeconds=0.3),
         "test.marker": marker,
         "test.layered": layered,
     }

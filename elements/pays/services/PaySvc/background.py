@@ -51,7 +51,7 @@ SWEEP_RECHECK = timedelta(minutes=2)
 SWEEP_LIMIT = 50
 SWEEP_EVERY = 60.0
 #: seconds a pass spends asking providers at most (50 trades at a provider that hangs until every call's timeout
-#: would hold the job past its lease, and a second runner would start the same pass): the rest waits for the next
+#: would hold the pass, and the runner that runs it, for many minutes): the rest waits for the next
 SWEEP_BUDGET_SECONDS = 120.0
 #: a trade is expired (no longer asked about) this long after its order's payment window ended
 EXPIRY_GRACE = timedelta(minutes=10)
