@@ -1,5 +1,5 @@
 """The job queue across real processes: `jit worker`, `jit jobs`, `jit serve --workers 2`, a process that dies right
-after its commit, a runner killed mid-job, and several processes draining one queue on SQLite and PostgreSQL without
+after its commit, a runner killed mid-job, a runner frozen past its lease, and several processes draining one queue on SQLite and PostgreSQL without
 ever running a job twice."""
 
 from __future__ import annotations
@@ -296,3 +296,36 @@ def test_several_processes_drain_one_queue_without_running_a_job_twice(
     assert len(pids) >= 2  # shared
     if backend == "postgresql":
         assert pids - workers, "the jit serve workers ran no job"
+
+
+def test_a_frozen_runner_loses_its_job_after_its_lease_and_its_late_outcome_is_not_recorded(
+        tmp_path: Path, load: Any) -> None:
+    """A `jit worker` whose job runs past its lease keeps it while the process renews; stopped (SIGSTOP, as a paused
+    machine) it stops renewing, another runner takes the job over, and once resumed it gives the lease up and its
+    outcome is fenced out."""
+    write_app(tmp_path)
+    app = load(tmp_path / "app.yaml")
+    job_id = enqueue(app, "test.overrun", {"sleep": 2.0})  # lease 0.3 s: attempt 1 sleeps 2 s, then fails
+    worker = subprocess.Popen([JIT, "worker", "app.yaml", "--until-idle"], cwd=tmp_path, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: records(tmp_path, kind="test.overrun", attempt=1), 30, "attempt 1 to start")
+        time.sleep(0.5)  # past its first lease: renewed, so nobody takes it
+        assert app.jobs.run_until_idle() == jitcore.RunSummary(0, 0, 0)
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: datetime.now(UTC) > app.jobs.get(job_id)["leaseUntil"], 10, "the lease to pass")
+            assert app.jobs.run_until_idle() == jitcore.RunSummary(1, 0, 0)  # attempt 2 takes over
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate(timeout=30)
+    assert worker.returncode == 0, err
+    assert records(tmp_path, kind="test.overrun", attempt=1, outcome="raising")
+    finished = app.jobs.get(job_id)
+    assert finished["state"] == "done" and finished["attempts"] == 2
+    assert f"job {job_id} (test.overrun): attempt 1 still runs but its lease was taken over" in err
+    assert "attempt 1 failed after its lease had been taken over; its outcome is not recorded" in err
