@@ -154,7 +154,8 @@ def test_the_periodic_queries_use_indexes(engine: Any) -> None:
     book.expired_pending_orders(NOW, 50)
     book.audit_log("O1")
 
-    class App:  # what JobQueue.purge needs
+    class App:  # what JobQueue and its purge need
+        appId = "plans"
         engine = None
         model = type("Model", (), {"jobs": jitcore.app.AppModel.model_fields["jobs"].default_factory()})()
 
