@@ -147,7 +147,7 @@ def bench_sqlite_synchronous(base: Path, rounds: int = 2) -> None:
     finally:
         jitcore.sqlite.WalSync.__call__ = sync
     print_pay_service("SQLite (durable)", best["durable"])
-    print_pay_service("SQLite (NORMAL, not synced)", best["NORMAL"])
+    print_pay_service("SQLite (no sync)", best["NORMAL"])
     ratio = {key: best["durable"][key] / best["NORMAL"][key] for key in best["durable"]}
     print(f"durable / not synced: create x{ratio['create']:.2f} | query x{ratio['query']:.2f} | "
           f"notify x{ratio['notify']:.2f} | replayed notify x{ratio['replay']:.2f} | one-row commit "
