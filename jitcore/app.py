@@ -275,6 +275,9 @@ def create_engine(url: str, *, durable: bool = True) -> Any:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+            wal_sync = getattr(engine, "jit_wal_sync", None)
+            if wal_sync is not None:  # the files SQLite opened (it resolves symbolic links)
+                wal_sync.locate(dbapi_connection)
 
         event.listen(engine, "begin", sqlite.begin)
     else:

@@ -82,15 +82,23 @@ class WalSync:
     syncs the database file instead. The first sync of a new WAL file also syncs its directory (SQLite's own
     ``FULL`` does that at its first sync of a new file). A failed sync raises: the commit is written and visible,
     but it may not survive a power loss, and the caller must not report it done (a provider is then answered with an
-    error and notifies again)."""
+    error and notifies again). The files are the ones SQLite itself opened (:meth:`locate`, at each new connection:
+    SQLite resolves symbolic links and the working directory of the time)."""
 
     __slots__ = ("database", "wal", "_synced_file", "_lock")
 
     def __init__(self, database_file: str) -> None:
-        self.database = database_file
-        self.wal = f"{database_file}-wal"
+        self.database = os.path.realpath(database_file)
+        self.wal = f"{self.database}-wal"
         self._synced_file: tuple[int, int] | None = None  # the (device, inode) whose directory entry is on disk
         self._lock = threading.Lock()
+
+    def locate(self, dbapi_connection: sqlite3.Connection) -> None:
+        """Take the database file's name from a connection (``PRAGMA database_list``); its WAL is that name with
+        ``-wal``, SQLite's rule."""
+        for _seq, name, path in dbapi_connection.execute("PRAGMA database_list").fetchall():
+            if name == "main" and path:
+                self.database, self.wal = path, f"{path}-wal"
 
     def __call__(self) -> None:
         try:

@@ -354,3 +354,21 @@ def test_a_runner_puts_what_it_claimed_on_disk_before_it_runs_the_job(
             ("claim", "", False), ("fdatasync", f"{app.engine.url.database}-wal", True), ("run", "", False)]
     finally:
         app.close()
+
+
+def test_the_sync_finds_the_wal_sqlite_writes_through_a_symbolic_link(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "data").mkdir()
+    sqlite3.connect(tmp_path / "data" / "shop.db").close()
+    database = tmp_path / "shop.db"
+    database.symlink_to(tmp_path / "data" / "shop.db")  # the app's YAML names the link
+    engine = create_engine(f"sqlite:///{database}")
+    syncs = DiskSyncs(monkeypatch, database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (name TEXT)"))
+        wal = str(tmp_path / "data" / "shop.db-wal")  # SQLite resolved the link: its WAL is beside the real file
+        assert Path(wal).exists() and not Path(f"{database}-wal").exists()
+        assert syncs.files() == [wal, str(tmp_path / "data")]
+    finally:
+        engine.dispose()
