@@ -80,7 +80,8 @@ class WalSync:
     ``synchronous=NORMAL``: SQLite then syncs the WAL itself only before a checkpoint copies it into the database
     (and the database after), so a WAL that is gone, or started over, was on disk before; a sync finding no WAL
     syncs the database file instead. The first sync of a new WAL file also syncs its directory (SQLite's own
-    ``FULL`` does that at its first sync of a new file). A failed sync raises: the commit is written and visible,
+    ``FULL`` does that at its first sync of a new file). A failed sync raises SQLAlchemy's ``OperationalError`` (its
+    ``orig`` the ``OSError``), as a failed commit does: the commit is written and visible,
     but it may not survive a power loss, and the caller must not report it done (a provider is then answered with an
     error and notifies again). The files are the ones SQLite itself opened (:meth:`locate`, at each new connection:
     SQLite resolves symbolic links and the working directory of the time)."""
@@ -114,8 +115,11 @@ class WalSync:
             if wal and (found.st_dev, found.st_ino) != self._synced_file:
                 self._sync_directory((found.st_dev, found.st_ino))
         except OSError as exc:
-            raise OSError(exc.errno, f"a commit to {self.database} is written but could not be put on disk: "
-                                     f"{exc.strerror}") from exc
+            from sqlalchemy.exc import OperationalError
+
+            failure = OSError(exc.errno, f"a commit to {self.database} is written but could not be put on disk: "
+                                         f"{exc.strerror}")
+            raise OperationalError("COMMIT", None, failure) from exc
 
     def _sync_directory(self, file: tuple[int, int]) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 import jitcore
 from jitcore.app import create_engine
@@ -186,10 +187,10 @@ def test_a_failed_sync_fails_the_commit_with_a_clear_error(shop: Any, monkeypatc
     pay.create(subject="warm-up", amount="1.00")
     database = Path(shop.engine.url.database)
     DiskSyncs(monkeypatch, database, failing=True)
-    with pytest.raises(OSError, match="is written but could not be put on disk: Input/output error") as caught:
+    with pytest.raises(OperationalError, match="is written but could not be put on disk: Input/output error") as caught:
         with shop.engine.begin() as conn:
             conn.execute(text("UPDATE jitpay_order SET subject = 'lost?'"))
-    assert caught.value.errno == errno.EIO
+    assert caught.value.orig.errno == errno.EIO
     monkeypatch.undo()
     with shop.engine.begin() as conn:  # the connection and the turn are usable again
         conn.execute(text("UPDATE jitpay_order SET subject = 'kept'"))
