@@ -119,7 +119,7 @@ def test_every_connection_is_wal_normal_and_the_engine_syncs_each_commit(shop: A
             assert conn.execute(text("PRAGMA synchronous")).scalar() == 1  # NORMAL: the WAL is synced after the turn
             assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
-    database = Path(shop.engine.url.database)
+    database = Path(shop.engine.url.database).resolve()  # as SQLite names it (and /proc shows it)
     assert shop.engine.jit_wal_sync.wal == f"{database}-wal"
     # the job queue's bookkeeping (claims, outcomes) does not wait for the disk at all
     assert getattr(shop.engine.jit_bookkeeping_engine(), "jit_wal_sync", None) is None
@@ -129,7 +129,7 @@ def test_a_commit_is_on_disk_before_it_returns_and_the_next_writer_does_not_wait
         shop: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     pay = shop.getElement("pays.services.PaySvc")
     pay.create(subject="warm-up", amount="1.00")  # the tables, and the WAL's directory entry synced once
-    database = Path(shop.engine.url.database)
+    database = Path(shop.engine.url.database).resolve()
     wal = f"{database}-wal"
     syncs = DiskSyncs(monkeypatch, database)
 
@@ -161,6 +161,7 @@ def test_a_commit_is_on_disk_before_it_returns_and_the_next_writer_does_not_wait
 
 def test_a_new_wal_file_gets_its_directory_entry_synced_and_a_missing_one_the_database(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path = tmp_path.resolve()
     database = tmp_path / "shop.db"
     engine = create_engine(f"sqlite:///{database}")
     syncs = DiskSyncs(monkeypatch, database)
@@ -351,14 +352,15 @@ def test_a_runner_puts_what_it_claimed_on_disk_before_it_runs_the_job(
         monkeypatch.setattr(app.jobs, "_take", taking)
         monkeypatch.setattr(app.jobs, "_execute", running)
         assert app.jobs.run_until_idle().done == 1
-        assert [(name, path, free) for name, path, free in syncs.calls] == [
-            ("claim", "", False), ("fdatasync", f"{app.engine.url.database}-wal", True), ("run", "", False)]
+        wal = f"{Path(app.engine.url.database).resolve()}-wal"
+        assert syncs.calls == [("claim", "", False), ("fdatasync", wal, True), ("run", "", False)]
     finally:
         app.close()
 
 
 def test_the_sync_finds_the_wal_sqlite_writes_through_a_symbolic_link(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path = tmp_path.resolve()
     (tmp_path / "data").mkdir()
     sqlite3.connect(tmp_path / "data" / "shop.db").close()
     database = tmp_path / "shop.db"
