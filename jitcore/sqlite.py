@@ -108,7 +108,7 @@ class WalSync:
             except FileNotFoundError:  # checkpointed into the database file and removed
                 descriptor, wal = os.open(self.database, os.O_RDONLY | os.O_CLOEXEC), False
             try:
-                os.fdatasync(descriptor)
+                (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(descriptor)  # (macOS has no fdatasync)
                 found = os.fstat(descriptor)
             finally:
                 os.close(descriptor)
