@@ -375,3 +375,32 @@ def test_the_sync_finds_the_wal_sqlite_writes_through_a_symbolic_link(
         assert syncs.files() == [wal, str(tmp_path / "data")]
     finally:
         engine.dispose()
+
+
+def test_a_notification_whose_commit_is_not_on_disk_is_not_acknowledged(
+        shop: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider is told "success" only for a payment on disk: a failed sync answers it with a failure, and its
+    next delivery (the commit is in the WAL, now synced) is acknowledged."""
+    from urllib.parse import urlencode
+
+    from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
+    from elements.pays.Meta import NotifyRequest
+    from tests.support.live import ALIPAY_APP_ID, ALIPAY_SELLER_ID
+
+    pay = shop.getElement("pays.services.PaySvc")
+    svc = shop.loadElement("pays.services.PaySvc")
+    order = pay.create(subject="VIP", amount="9.99")
+    gateway_key = load_rsa_key((tmp_path / ".sandbox" / "alipay_gateway_private_key.pem").read_text())
+    fields = {"notify_time": "2026-12-07 12:00:00", "notify_type": "trade_status_sync", "notify_id": "n1",
+              "app_id": ALIPAY_APP_ID, "charset": "utf-8", "version": "1.0", "trade_no": "2026120722001",
+              "out_trade_no": order["orderId"], "trade_status": "TRADE_SUCCESS", "total_amount": "9.99",
+              "seller_id": ALIPAY_SELLER_ID, "gmt_payment": "2026-12-07 12:00:00"}
+    body = urlencode(sign_notify(fields, gateway_key)).encode()
+    form = "application/x-www-form-urlencoded; charset=utf-8"
+
+    DiskSyncs(monkeypatch, Path(shop.engine.url.database), failing=True)
+    reply = svc.handleNotify("alipay", NotifyRequest.of(body, form))
+    assert reply.body != b"success"  # Alipay notifies again
+    monkeypatch.undo()
+    assert svc.handleNotify("alipay", NotifyRequest.of(body, form)).body == b"success"
+    assert pay.query(orderId=order["orderId"])["status"] == "success"
