@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import (BigInteger, Boolean, Column, DateTime, MetaData, String, Table, bindparam, create_engine,
                         event, insert, select, text, update)
 from sqlalchemy.exc import IntegrityError
@@ -199,3 +201,18 @@ def test_a_busy_worker_keeps_its_connections(engine) -> None:
     assert first >= 8 - 1  # (one may have been opened before, by the fixture)
     peak()
     assert len(opened) == first
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.none(), st.datetimes(), st.datetimes(timezones=st.just(timezone.utc)), st.dates()))
+def test_sqlite_datetimes_are_bound_as_sqlalchemy_binds_them(value) -> None:
+    """jitcore.sql's faster DATETIME conversion on SQLite writes exactly SQLAlchemy's text (naive datetimes through
+    isoformat, anything else through SQLAlchemy's own)."""
+    from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+    from jitcore.sql import _bind_processor
+
+    dialect = sqlite_dialect.dialect()
+    ours = _bind_processor(DateTime(), dialect)
+    theirs = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert ours is not theirs and ours(value) == theirs(value)

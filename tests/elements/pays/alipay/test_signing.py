@@ -9,6 +9,8 @@ from decimal import Decimal
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from elements.pays.AliPayType.gateway import format_amount, format_timestamp, parse_beijing_time
 from elements.pays.AliPayType.signing import (KeyFormatError, load_rsa_key, rsa2_sign, rsa2_verify, sign_content,
@@ -125,3 +127,21 @@ def test_beijing_time():
     assert parse_beijing_time("2024-01-02 00:30:05").tzinfo is not None
     assert parse_beijing_time("") is None
     assert parse_beijing_time("yesterday") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)).map(
+        lambda moment: moment.strftime("%Y-%m-%d %H:%M:%S")),
+    st.from_regex(r"\A\d{1,4}-\d{1,2}-\d{1,2} \d{1,2}:\d{1,2}:\d{1,2}\Z"),
+    st.text(max_size=25)))
+def test_alipay_times_read_as_strptime_reads_them(text: str) -> None:
+    """parse_beijing_time's fast reading of ``yyyy-MM-dd HH:mm:ss`` agrees with ``strptime`` on every input."""
+    from elements.pays.AliPayType.gateway import BEIJING, TIME_FORMAT
+
+    try:
+        expected = (datetime.strptime(text.strip(), TIME_FORMAT).replace(tzinfo=BEIJING).astimezone(timezone.utc)
+                    if text else None)
+    except (ValueError, OverflowError):
+        expected = None
+    assert parse_beijing_time(text) == expected
