@@ -196,7 +196,8 @@ def test_retry_later_reschedules_without_a_crash_and_counts_as_an_attempt(
         assert app.jobs.run_until_idle() == jitcore.RunSummary(1, 0, 0)
     assert [r["attempt"] for r in records(app.root, kind="test.later")] == [1, 2, 3]
     assert records(app.root, kind="test.later")[2]["lastError"] == "RetryLater: come back at the given time"
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # not logged as a crash
+    # not logged as a crash (only the job queue's records: another test's sandbox may still be retrying a delivery)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("jitcore")]
     assert not any(r.exc_info for r in caplog.records)
 
     never = enqueue(app, "test.never")  # RetryLater(delay=0) every time, maxAttempts 2
