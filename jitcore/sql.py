@@ -9,6 +9,8 @@ DBAPI connection:
 
 - :meth:`Database.read`: a pooled connection in autocommit, for reads (each statement sees the latest commit; no
   BEGIN or ROLLBACK round trips);
+- :meth:`Database.snapshot`: a pooled connection in one read-only transaction, for a view made of several reads
+  that must agree (an order, its payments and its refunds);
 - :meth:`Database.on`: the connection of a SQLAlchemy Connection or Session whose transaction is open
   (``engine.begin()``), so that compiled statements and ordinary Core statements share one transaction;
 - :func:`bookkeeping` and :func:`bookkeeping_change`: a transaction (a single statement) whose commit need not wait
@@ -32,6 +34,7 @@ from datetime import datetime
 from typing import Any, Iterator, Mapping
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from jitcore import sqlite
@@ -249,6 +252,12 @@ class Database:
         commit. (SQLite runs autocommit already; PostgreSQL's connection is switched for the time and back.)"""
         return _Autocommit(self)
 
+    def snapshot(self) -> "_Snapshot":
+        """A pooled connection in one read-only transaction (``with db.snapshot() as conn``): its statements all see
+        the same commits, where :meth:`read`'s each see the latest (SQLite: a deferred ``BEGIN``, one WAL snapshot,
+        never the write lock; PostgreSQL: ``REPEATABLE READ, READ ONLY``). For a view made of several reads."""
+        return _Snapshot(self)
+
     def autocommit(self) -> "_Autocommit":
         """The same connection as :meth:`read`, for a write that is one statement (it commits by itself). Not on
         SQLite, where such a write would not take its turn among the writers (:mod:`jitcore.sqlite`): write in a
@@ -283,6 +292,53 @@ class _Autocommit:
             try:
                 pooled.driver_connection.autocommit = False
             except Exception:  # a lost connection: never back into the pool
+                pooled.invalidate()
+        pooled.close()
+
+
+_BEGIN = text("BEGIN")
+_BEGIN_SNAPSHOT = text("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+_ROLLBACK = text("ROLLBACK")
+
+
+class _Snapshot:
+    """:meth:`Database.snapshot`'s context."""
+
+    __slots__ = ("db", "pooled")
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def __enter__(self) -> Conn:
+        pooled = self.pooled = self.db.engine.raw_connection()
+        dbapi = pooled.driver_connection
+        conn = Conn(self.db, dbapi, pooled.invalidate)
+        try:
+            if self.db.name == "postgresql":
+                dbapi.autocommit = True  # (the transaction is begun here, not by the driver)
+                conn.execute(_BEGIN_SNAPSHOT)
+            else:
+                conn.execute(_BEGIN)
+        except BaseException:
+            self._close()
+            raise
+        return conn
+
+    def __exit__(self, *exc: Any) -> None:
+        pooled = self.pooled
+        if pooled.is_valid:
+            try:
+                Conn(self.db, pooled.driver_connection, pooled.invalidate).execute(_ROLLBACK)  # nothing to keep
+            except Exception:  # a lost connection: never back into the pool
+                pooled.invalidate()
+        self._close()
+
+    def _close(self) -> None:
+        pooled = self.pooled
+        if self.db.name == "postgresql" and pooled.is_valid:
+            try:
+                pooled.driver_connection.autocommit = False
+            except Exception:
                 pooled.invalidate()
         pooled.close()
 

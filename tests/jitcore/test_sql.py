@@ -90,6 +90,25 @@ def test_reads_leave_the_pooled_connection_as_it_was(engine) -> None:
         assert conn.first(BY_NAME, {"name": "kept"}) is not None and conn.first(BY_NAME, {"name": "gone"}) is None
 
 
+def test_a_snapshot_sees_one_moment_and_leaves_the_connection_as_it_was(engine) -> None:
+    db = database(engine)
+    with engine.begin() as conn:
+        conn.execute(things.insert().values(name="seen", status="new"))
+    for _ in range(2):  # (the pooled connection comes back usable)
+        with db.snapshot() as conn:
+            before = conn.first(BY_NAME, {"name": "seen"}).status
+            with engine.begin() as writer:  # another connection commits meanwhile (a reader never blocks it)
+                writer.execute(update(things).where(things.c.name == "seen")
+                               .values(status="old" if before == "new" else "new"))
+            assert conn.first(BY_NAME, {"name": "seen"}).status == before  # the snapshot's moment
+        with db.read() as conn:
+            assert conn.first(BY_NAME, {"name": "seen"}).status != before  # a read sees the latest commit
+    with engine.begin() as conn:  # ordinary transactions on the same pool still commit
+        conn.execute(update(things).where(things.c.name == "seen").values(status="last"))
+    with db.snapshot() as conn:
+        assert conn.first(BY_NAME, {"name": "seen"}).status == "last"
+
+
 def _durability(conn) -> object:
     """The connection's commit durability: SQLite's synchronous level and whether its engine syncs the WAL after each
     commit (jitcore.sqlite.WalSync); PostgreSQL's synchronous_commit and where it comes from (the test server's own

@@ -375,12 +375,17 @@ class Ledger:
             return conn.first(ORDER_BY_ID, {"orderId": order_id})
 
     def order_details(self, order_id: str) -> tuple[Row | None, list[Row], list[Row]]:
-        """The order (or None), its payments and its refunds, oldest first: the order and its payments in one
-        statement, the refunds in a second one only if there are any."""
+        """The order (or None), its payments and its refunds, oldest first, as one moment saw them: the order and its
+        payments in one statement; if it has refunds, that again and the refunds in one snapshot (a refund confirmed
+        between two reads would show beside its payment as it was before)."""
         key = {"orderId": order_id}
         with self._reading() as conn:
             rows = conn.all(ORDER_WITH_PAYMENTS, key)
-            refunds = conn.all(REFUNDS_OF_ORDER, key) if rows and rows[0].hasRefunds else []
+        refunds: list[Row] = []
+        if rows and rows[0].hasRefunds:
+            with self.db.snapshot() as conn:
+                rows = conn.all(ORDER_WITH_PAYMENTS, key)
+                refunds = conn.all(REFUNDS_OF_ORDER, key)
         if not rows:
             return None, [], []
         split = [self._order_and_payment(row) for row in rows]
