@@ -33,8 +33,8 @@ from _support import ROOT, Bar, durable_postgres, machine, print_table, write_be
 
 import jitcore  # noqa: E402
 import jitcore.app  # noqa: E402
-from elements.pays.AliPayType.signing import load_rsa_key, sign_notify  # noqa: E402
-from tests.support.live import ALIPAY_APP_ID, ALIPAY_SELLER_ID  # noqa: E402
+from elements.pays.AliPayType.signing import load_rsa_key  # noqa: E402
+from tests.support.live import signed_alipay_payment  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 AMOUNT = "99.99"
@@ -53,11 +53,7 @@ def free_port() -> int:
 
 def notification_body(order_id: str, serial: int, key: Any) -> bytes:
     """A signed Alipay TRADE_SUCCESS notification of ``order_id`` as its form body."""
-    fields = {"notify_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "notify_type": "trade_status_sync",
-              "notify_id": f"h{serial}", "app_id": ALIPAY_APP_ID, "charset": "utf-8", "version": "1.0",
-              "trade_no": f"2027{serial:016d}", "out_trade_no": order_id, "trade_status": "TRADE_SUCCESS",
-              "total_amount": AMOUNT, "seller_id": ALIPAY_SELLER_ID, "gmt_payment": "2026-11-25 12:00:00"}
-    return urlencode(sign_notify(fields, key)).encode()
+    return urlencode(signed_alipay_payment(order_id, AMOUNT, f"2027{serial:016d}", key, f"h{serial}")).encode()
 
 
 # -- the servers --------------------------------------------------------------------------------------------------

@@ -34,9 +34,9 @@ from _support import ROOT, Bar, durable_postgres, interleaved, machine, print_ta
 import jitcore  # noqa: E402
 import jitcore.app  # noqa: E402
 from elements.pays.AliPayType.signing import (NOTIFY_UNSIGNED_KEYS, load_rsa_key, rsa2_sign, rsa2_verify,  # noqa: E402
-                                              sign_content, sign_notify)
+                                              sign_content)
 from elements.pays.Meta import NotifyRequest  # noqa: E402
-from tests.support.live import ALIPAY_APP_ID, ALIPAY_SELLER_ID  # noqa: E402
+from tests.support.live import ALIPAY_APP_ID, signed_alipay_payment  # noqa: E402
 
 SUBJECT = "Benchmark order"
 AMOUNT = "99.99"
@@ -137,11 +137,7 @@ class Bench:
         self.app.close()
 
     def notification(self, order_id: str, serial: int) -> tuple[bytes, dict[str, str]]:
-        fields = {"notify_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "notify_type": "trade_status_sync",
-                  "notify_id": f"n{serial}", "app_id": ALIPAY_APP_ID, "charset": "utf-8", "version": "1.0",
-                  "trade_no": f"2026{serial:016d}", "out_trade_no": order_id, "trade_status": "TRADE_SUCCESS",
-                  "total_amount": AMOUNT, "seller_id": ALIPAY_SELLER_ID, "gmt_payment": "2026-11-25 12:00:00"}
-        signed = sign_notify(fields, self.gateway_key)
+        signed = signed_alipay_payment(order_id, AMOUNT, f"2026{serial:016d}", self.gateway_key, f"n{serial}")
         return urlencode(signed).encode(), signed
 
     # -- getPayUrl against python-alipay-sdk -------------------------------------------------------------------------

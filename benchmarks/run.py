@@ -15,7 +15,6 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
@@ -27,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import jitcore  # noqa: E402
 import jitcore.app  # noqa: E402
-from elements.pays.AliPayType.signing import load_rsa_key, sign_notify  # noqa: E402
-from tests.support.live import ALIPAY_APP_ID, ALIPAY_SELLER_ID, generate_sandbox_keys, sandbox_app_config  # noqa: E402
+from elements.pays.AliPayType.signing import load_rsa_key  # noqa: E402
+from tests.support.live import generate_sandbox_keys, sandbox_app_config, signed_alipay_payment  # noqa: E402
 
 
 def per_call(fn: Callable[[], Any], number: int) -> float:
@@ -89,11 +88,7 @@ def bench_pay_service(directory: Path, database: str | None) -> dict[str, float]
     query_s = (time.perf_counter() - start) / n
     notes = []
     for i, order_id in enumerate(orders):
-        fields = {"notify_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "notify_type": "trade_status_sync",
-                  "notify_id": f"n{i}", "app_id": ALIPAY_APP_ID, "charset": "utf-8", "version": "1.0",
-                  "trade_no": f"2026{i:010d}", "out_trade_no": order_id, "trade_status": "TRADE_SUCCESS",
-                  "total_amount": "99.99", "seller_id": ALIPAY_SELLER_ID, "gmt_payment": "2026-11-25 12:00:00"}
-        notes.append(sign_notify(fields, gateway_key))
+        notes.append(signed_alipay_payment(order_id, "99.99", f"2026{i:010d}", gateway_key, f"n{i}"))
     start = time.perf_counter()
     for fields in notes:
         assert svc.handle_notify("alipay", fields).body == b"success"

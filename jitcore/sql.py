@@ -301,46 +301,28 @@ _BEGIN_SNAPSHOT = text("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 _ROLLBACK = text("ROLLBACK")
 
 
-class _Snapshot:
-    """:meth:`Database.snapshot`'s context."""
+class _Snapshot(_Autocommit):
+    """:meth:`Database.snapshot`'s context: :meth:`Database.read`'s connection, in a transaction begun here and rolled
+    back at the end (nothing to keep)."""
 
-    __slots__ = ("db", "pooled")
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    __slots__ = ("conn",)
 
     def __enter__(self) -> Conn:
-        pooled = self.pooled = self.db.engine.raw_connection()
-        dbapi = pooled.driver_connection
-        conn = Conn(self.db, dbapi, pooled.invalidate)
+        conn = self.conn = super().__enter__()
         try:
-            if self.db.name == "postgresql":
-                dbapi.autocommit = True  # (the transaction is begun here, not by the driver)
-                conn.execute(_BEGIN_SNAPSHOT)
-            else:
-                conn.execute(_BEGIN)
+            conn.execute(_BEGIN_SNAPSHOT if self.db.name == "postgresql" else _BEGIN)
         except BaseException:
-            self._close()
+            super().__exit__()
             raise
         return conn
 
     def __exit__(self, *exc: Any) -> None:
-        pooled = self.pooled
-        if pooled.is_valid:
+        if self.pooled.is_valid:
             try:
-                Conn(self.db, pooled.driver_connection, pooled.invalidate).execute(_ROLLBACK)  # nothing to keep
+                self.conn.execute(_ROLLBACK)
             except Exception:  # a lost connection: never back into the pool
-                pooled.invalidate()
-        self._close()
-
-    def _close(self) -> None:
-        pooled = self.pooled
-        if self.db.name == "postgresql" and pooled.is_valid:
-            try:
-                pooled.driver_connection.autocommit = False
-            except Exception:
-                pooled.invalidate()
-        pooled.close()
+                self.pooled.invalidate()
+        super().__exit__()
 
 
 _DATABASES: "weakref.WeakKeyDictionary[Engine, Database]" = weakref.WeakKeyDictionary()

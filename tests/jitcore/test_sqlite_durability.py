@@ -383,19 +383,15 @@ def test_a_notification_whose_commit_is_not_on_disk_is_not_acknowledged(
     next delivery (the commit is in the WAL, now synced) is acknowledged."""
     from urllib.parse import urlencode
 
-    from elements.pays.AliPayType.signing import load_rsa_key, sign_notify
+    from elements.pays.AliPayType.signing import load_rsa_key
     from elements.pays.Meta import NotifyRequest
-    from tests.support.live import ALIPAY_APP_ID, ALIPAY_SELLER_ID
+    from tests.support.live import signed_alipay_payment
 
     pay = shop.getElement("pays.services.PaySvc")
     svc = shop.loadElement("pays.services.PaySvc")
     order = pay.create(subject="VIP", amount="9.99")
     gateway_key = load_rsa_key((tmp_path / ".sandbox" / "alipay_gateway_private_key.pem").read_text())
-    fields = {"notify_time": "2026-12-07 12:00:00", "notify_type": "trade_status_sync", "notify_id": "n1",
-              "app_id": ALIPAY_APP_ID, "charset": "utf-8", "version": "1.0", "trade_no": "2026120722001",
-              "out_trade_no": order["orderId"], "trade_status": "TRADE_SUCCESS", "total_amount": "9.99",
-              "seller_id": ALIPAY_SELLER_ID, "gmt_payment": "2026-12-07 12:00:00"}
-    body = urlencode(sign_notify(fields, gateway_key)).encode()
+    body = urlencode(signed_alipay_payment(order["orderId"], "9.99", "2026120722001", gateway_key)).encode()
     form = "application/x-www-form-urlencoded; charset=utf-8"
 
     DiskSyncs(monkeypatch, Path(shop.engine.url.database), failing=True)

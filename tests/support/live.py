@@ -28,6 +28,20 @@ from jitcore.http import build_asgi_app
 API_KEY = "test-api-key-0123456789abcdef"
 ALIPAY_APP_ID = "2021000000000001"
 ALIPAY_SELLER_ID = "2088000000000001"
+
+
+def signed_alipay_payment(order_id: str, amount: str, trade_no: str, key: Any, notify_id: str = "n1") -> dict[str, str]:
+    """The fields of an Alipay ``TRADE_SUCCESS`` notification paying ``amount`` for ``order_id`` to the sandbox
+    merchant (``ALIPAY_APP_ID``, ``ALIPAY_SELLER_ID``), signed with ``key`` (the sandbox gateway's private key)."""
+    from datetime import datetime
+
+    from elements.pays.AliPayType.signing import sign_notify
+
+    fields = {"notify_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "notify_type": "trade_status_sync",
+              "notify_id": notify_id, "app_id": ALIPAY_APP_ID, "charset": "utf-8", "version": "1.0",
+              "trade_no": trade_no, "out_trade_no": order_id, "trade_status": "TRADE_SUCCESS",
+              "total_amount": amount, "seller_id": ALIPAY_SELLER_ID, "gmt_payment": "2026-11-25 12:00:00"}
+    return sign_notify(fields, key)
 WECHAT_APP_ID = "wx0000000000000001"
 WECHAT_MCH_ID = "1900000001"
 
