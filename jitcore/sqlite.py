@@ -81,10 +81,10 @@ class WalSync:
     (and the database after), so a WAL that is gone, or started over, was on disk before; a sync finding no WAL
     syncs the database file instead. The first sync of a new WAL file also syncs its directory (SQLite's own
     ``FULL`` does that at its first sync of a new file). A failed sync raises SQLAlchemy's ``OperationalError`` (its
-    ``orig`` the ``OSError``), as a failed commit does: the commit is written and visible,
-    but it may not survive a power loss, and the caller must not report it done (a provider is then answered with an
-    error and notifies again). The files are the ones SQLite itself opened (:meth:`locate`, at each new connection:
-    SQLite resolves symbolic links and the working directory of the time)."""
+    ``orig`` the ``OSError``), as a failed commit does: the commit is written and visible, but it may not survive a
+    power loss, and the caller must not report it done (a provider is then answered with an error and notifies
+    again). The files are the ones SQLite itself opened (:meth:`locate`, at each new connection: SQLite resolves
+    symbolic links and the working directory of the time)."""
 
     __slots__ = ("database", "wal", "_synced_file", "_lock")
 
@@ -108,7 +108,7 @@ class WalSync:
             except FileNotFoundError:  # checkpointed into the database file and removed
                 descriptor, wal = os.open(self.database, os.O_RDONLY | os.O_CLOEXEC), False
             try:
-                (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(descriptor)  # (macOS has no fdatasync)
+                getattr(os, "fdatasync", os.fsync)(descriptor)  # (macOS has no fdatasync)
                 found = os.fstat(descriptor)
             finally:
                 os.close(descriptor)
