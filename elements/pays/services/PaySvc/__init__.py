@@ -38,7 +38,7 @@ from elements.pays.money import from_fen, parse_amount, to_fen
 from elements.pays.services.PaySvc.background import refund_question_delay
 from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_order_id
 from elements.pays.services.PaySvc.ledger import (ACCEPTED_REFUND, CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit,
-                                                  Ledger, as_utc, payment_dict, refund_dict, utcnow)
+                                                  Ledger, as_utc, captured_fen, payment_dict, refund_dict, utcnow)
 from elements.pays.services.PaySvc.rejections import DEFAULT_LIMITS as REJECTION_LIMITS
 from elements.pays.services.PaySvc.rejections import RejectionLimiter
 from elements.pays.services.PaySvc.routes import reply_response
@@ -168,15 +168,18 @@ class PaySvc(NormalService):
 
     def check(self, orderId: str, fullName: str) -> dict[str, Any]:
         """Ask provider ``fullName`` about every trade of the order it holds and apply the answers (as
-        notifications would). Returns the order, with ``providerStatus`` (what the provider said)."""
+        notifications would). Returns the order, with ``providerStatus`` (what the provider said). Money a trade
+        captured for another amount than the order's is a surplus payment of that amount (refunded unless the app
+        keeps surplus money); a captured trade without a usable amount is AMOUNT_MISMATCH (recorded, nothing
+        changed)."""
         order = self._order(orderId)
         provider = self.provider(fullName)
         states = self.apply_trades(provider, order, kind="check")
         result = self.query(orderId)
         result["providerStatus"] = _summary_status(states, order.tradeNo)
-        mismatched = [s for s in states if s.status in CAPTURED_PAYMENT_STATES and s.paidAmount != result["amount"]]
-        if mismatched:
-            raise AmountMismatch(f"{fullName} reports {mismatched[0].paidAmount} paid for order {orderId} of "
+        unusable = [s for s in states if s.status in CAPTURED_PAYMENT_STATES and captured_fen(s.paidAmount) is None]
+        if unusable:
+            raise AmountMismatch(f"{fullName} reports {unusable[0].paidAmount} paid for order {orderId} of "
                                  f"{result['amount']}; nothing changed, the report is recorded")
         return result
 
@@ -412,17 +415,19 @@ class PaySvc(NormalService):
                 raise ProviderError(f"{provider.fullName} answered about order {state.orderId!r} when asked about "
                                     f"{orderId}")
         for state in states:
-            self.apply_state(provider, state, kind=kind)
+            self.apply_state(provider, state, kind=kind, asked=True)
         self.ledger.mark_checked(p.id for p in self.ledger.payments(orderId)
                                  if p.provider == provider.fullName and p.status in LIVE_PAYMENT)
         return states
 
-    def apply_state(self, provider: PayProvider, state: TradeState, *, kind: str,
-                    payload: Any = None) -> tuple[bool, str]:
-        """Apply what a provider says about one trade (from a verified notification or an active check). Returns
-        ``(accepted, message)``: accepted means processed or already processed (the provider may stop retrying).
-        Captured money is always recorded (as the accepted payment or a surplus); a closed or failed trade changes
-        that payment only."""
+    def apply_state(self, provider: PayProvider, state: TradeState, *, kind: str, payload: Any = None,
+                    asked: bool = False) -> tuple[bool, str]:
+        """Apply what a provider says about one trade: from a verified notification, or ``asked`` (its answer to a
+        query). Returns ``(accepted, message)``: accepted means processed or already processed (the provider may
+        stop retrying). Captured money is always recorded (as the accepted payment or a surplus); a closed or failed
+        trade changes that payment only. A notification of captured money that is not the order's amount changes
+        nothing (``AMOUNT_MISMATCH``, recorded): a job asks the provider, and what it answers is recorded (money
+        captured for another amount is a surplus, refunded)."""
         raw = payload if payload is not None else dict(state.raw)
         audit = Audit(kind, provider=provider.fullName, verified=True, payload=raw)
         known_id = bool(ORDER_ID_RE.match(state.orderId or ""))
@@ -432,12 +437,15 @@ class PaySvc(NormalService):
             paid = self.ledger.apply_paid(state.orderId, provider=provider.fullName,
                                           providerName=provider.providerName, reference=reference,
                                           tradeNo=state.tradeNo, payTime=state.payTime, paidAmount=state.paidAmount,
-                                          audit=audit, settleHere=settles_where_paid(provider))
+                                          audit=audit, settleHere=settles_where_paid(provider), asked=asked)
             if paid.outcome == "mismatch":
                 amount = from_fen(paid.order.amountFen)  # type: ignore[union-attr]
                 self.ledger.audit(kind, "rejected", provider=provider.fullName, order_id=state.orderId,
                                   verified=True, error_code=AmountMismatch.code, payload=raw,
-                                  message=f"paid {state.paidAmount}, order amount {amount}")
+                                  message=f"paid {state.paidAmount}, order amount {amount}"
+                                          + ("" if asked else f"; asking {provider.fullName}"))
+                if not asked:
+                    self.ledger.ask_provider(state.orderId, provider.fullName)
                 return False, "amount mismatch"
             if paid.outcome != "missing":
                 return True, "OK"

@@ -4,6 +4,9 @@
   order that is ``PayProvider.settle`` (every trade but the accepted one), for a closed order ``PayProvider.close``.
   A trade that turns out to have been paid meanwhile is asked about and recorded (as a surplus, so it is refunded).
   WeChat Pay refuses to close a trade in its first five minutes: the job is then due again after them.
+- ``pays.check_trades`` (orderId, provider): ask one payment element about the order's trades and apply the
+  answers, when a notification said something PaySvc does not take at its word (money captured for another amount
+  than the order's: the answer records it as a surplus, refunded).
 - ``pays.refund`` (refund): send an open refund (reserved, sent or unknown) to its provider with its own id, which
   the providers refund once; used for surplus refunds, for refunds whose outcome was unknown, and to finish a refund
   whose caller died.
@@ -26,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Row
 
 from elements.pays.errors import PayError, ProviderError
-from elements.pays.services.PaySvc.ledger import (ACCEPTED_REFUND, JOB_CLOSE_TRADES, JOB_REFUND, JOB_REFUND_STATE,
-                                                  LIVE_PAYMENT, OPEN_REFUND, PAID_ORDER, Audit, as_utc, utcnow)
+from elements.pays.services.PaySvc.ledger import (ACCEPTED_REFUND, JOB_CHECK_TRADES, JOB_CLOSE_TRADES, JOB_REFUND,
+                                                  JOB_REFUND_STATE, LIVE_PAYMENT, OPEN_REFUND, PAID_ORDER, Audit,
+                                                  as_utc, utcnow)
 from jitcore.jobs import JobKind, RetryLater
 
 if TYPE_CHECKING:
@@ -77,6 +81,8 @@ def job_kinds(app: "App", *, sweep: bool) -> dict[str, JobKind]:
     kinds = {
         JOB_CLOSE_TRADES: JobKind(handler=_close_trades_job, maxAttempts=30, backoffSeconds=30.0,
                                   maxBackoffSeconds=3600.0),
+        JOB_CHECK_TRADES: JobKind(handler=_check_trades_job, maxAttempts=30, backoffSeconds=30.0,
+                                  maxBackoffSeconds=3600.0),
         JOB_REFUND: JobKind(handler=_refund_job, maxAttempts=40, backoffSeconds=30.0, maxBackoffSeconds=6 * 3600.0),
         # about a year of questions at the slowest pace; the sweep starts a new one should it end dead
         JOB_REFUND_STATE: JobKind(handler=_refund_state_job, maxAttempts=1500, backoffSeconds=300.0,
@@ -89,6 +95,14 @@ def job_kinds(app: "App", *, sweep: bool) -> dict[str, JobKind]:
 
 def _service(app: "App") -> "PaySvc":
     return app.loadElement(PAYSVC)  # type: ignore[return-value]
+
+
+# -- asking about trades ----------------------------------------------------------------------------------------------
+def _check_trades_job(app: "App", payload: dict[str, Any], job: "Job") -> None:
+    svc = _service(app)
+    order = svc.ledger.order(payload["orderId"])
+    if order is not None:  # a provider error is recorded and raised: asked again later
+        svc.apply_trades(svc.provider(payload["provider"]), order, kind="check")
 
 
 # -- closing trades ---------------------------------------------------------------------------------------------------

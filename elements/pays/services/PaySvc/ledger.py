@@ -38,7 +38,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from elements.pays.money import from_fen
+from elements.pays.errors import PayError
+from elements.pays.money import from_fen, to_fen
 from elements.pays.services.PaySvc.migrations import ensure_schema
 from elements.pays.services.PaySvc.models import PayAudit, PayOrder, PayPayment, PayRefund
 from elements.pays.services.PaySvc.rejections import RejectionLimiter, bounded_payload
@@ -73,6 +74,7 @@ FRESH_ORDERS = 1024
 
 #: job kinds the ledger enqueues (handlers in :mod:`.background`)
 JOB_CLOSE_TRADES = "pays.close_trades"
+JOB_CHECK_TRADES = "pays.check_trades"
 JOB_REFUND = "pays.refund"
 #: asks the provider where an accepted refund stands (handler in :mod:`.background`)
 JOB_REFUND_STATE = "pays.refund_state"
@@ -155,6 +157,9 @@ NEW_OFFER_OF_PENDING_ORDER = (
 PAYMENT_OFFER = (update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId"))
                  .values(payType=bindparam("payType"), payUrl=bindparam("payUrl"), qrCode=bindparam("qrCode"),
                          expiresAt=bindparam("expiresAt"), updatedAt=bindparam("updatedAt")))
+PAYMENT_AMOUNT = (update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId"),
+                                         PAYMENTS.c.status.in_(LIVE_PAYMENT + ("expired",)))
+                  .values(amountFen=bindparam("amountFen")))
 PAYMENT_CAPTURED = (update(PAYMENTS).where(PAYMENTS.c.id == bindparam("paymentId"),
                                            PAYMENTS.c.status.in_(LIVE_PAYMENT + ("expired",)))
                     .values(status="paid", tradeNo=bindparam("tradeNo"), paidAt=bindparam("paidAt"),
@@ -260,8 +265,8 @@ class _NoRoom(Exception):
 class PaidOutcome:
     """What a report of captured money did: ``accepted`` (the order is now paid by it), ``surplus`` (recorded as
     money the order did not need), ``known`` (this payment was already recorded); or, changing nothing,
-    ``missing`` (no such order: ``order`` and ``payment`` are None) and ``mismatch`` (the amount captured is not the
-    order's: ``payment`` is None)."""
+    ``missing`` (no such order: ``order`` and ``payment`` are None) and ``mismatch`` (a notification says an amount
+    was captured that is not the order's, or says no amount: ``payment`` is None; the provider is to be asked)."""
 
     outcome: str
     payment: Row | None
@@ -616,10 +621,11 @@ class Ledger:
             return payment, pending
 
     def _find_or_add_payment(self, tx: _Tx, order: Row, payments: list[Row], provider: str, providerName: str,
-                             reference: str, tradeNo: str | None) -> Row:
+                             reference: str, tradeNo: str | None, *, amountFen: int | None = None) -> Row:
         """The payment (of the order's ``payments``) a provider's report is about: by trade number first (a trade
         already recorded paid, whatever reference it was filed under), then by reference; a trade nobody recorded (a
-        crash between the provider call and the record, or another copy of the app) is added."""
+        crash between the provider call and the record, or another copy of the app) is added, for ``amountFen``
+        (default: the order's amount)."""
         ours = [row for row in payments if row.provider == provider]
         if tradeNo:
             known = next((row for row in ours if row.tradeNo == tradeNo), None)
@@ -633,7 +639,8 @@ class Ledger:
         now = utcnow()
         return self._insert_payment(tx, {
             "orderId": order.orderId, "provider": provider, "providerName": providerName, "payType": "unknown",
-            "reference": reference, "amountFen": order.amountFen, "status": "prepared", "reservedFen": 0,
+            "reference": reference, "amountFen": order.amountFen if amountFen is None else amountFen,
+            "status": "prepared", "reservedFen": 0,
             "refundedFen": 0, "createdAt": now, "updatedAt": now})[0]
 
     def _capture(self, fast: Conn, order_id: str, payment_id: int, *, provider: str, tradeNo: str | None,
@@ -660,12 +667,17 @@ class Ledger:
 
     def apply_paid(self, order_id: str, *, provider: str, providerName: str, reference: str, tradeNo: str | None,
                    payTime: datetime | None, paidAmount: Decimal | None, audit: Audit,
-                   settleHere: bool = True) -> PaidOutcome:
-        """A provider reports ``paidAmount`` captured. Unless the order is missing or the amount is not the order's
-        (then nothing changes: the caller records the rejection), the payment becomes ``paid``; it is the order's
-        accepted payment if the order is still ``pending`` (the order becomes ``success``, ``jit_order_paid`` fires,
-        the order's other trades are closed by jobs), else a surplus (``jit_payment_surplus``, and a full refund by a
-        job unless the app keeps surplus money).
+                   settleHere: bool = True, asked: bool = False) -> PaidOutcome:
+        """A provider reports ``paidAmount`` captured. Unless the order is missing (nothing changes), the payment
+        becomes ``paid``; it is the order's accepted payment if the order is still ``pending`` and the amount is the
+        order's (the order becomes ``success``, ``jit_order_paid`` fires, the order's other trades are closed by
+        jobs), else a surplus (``jit_payment_surplus``, and a full refund by a job unless the app keeps surplus
+        money).
+
+        An amount that is not the order's is believed only when PaySvc ``asked`` the provider (a query, not a
+        notification): the payment is then a surplus of the amount captured (audited ``AMOUNT_MISMATCH``). A
+        notification saying so changes nothing (``mismatch``: the caller records the rejection and has the provider
+        asked), unless that very capture is recorded already (``known``: a notification sent again).
 
         ``settleHere``: the paying element is settled by a job even when no other trade of the order is recorded
         with it (its ``settle`` does something where the payment was taken; the default ``settle`` does not)."""
@@ -679,21 +691,30 @@ class Ledger:
             order = fast.first(ORDER_BY_ID_LOCKED, {"orderId": order_id})
             if order is None:
                 return PaidOutcome("missing", None, None)
-            if paidAmount is None or paidAmount != from_fen(order.amountFen):
+            paid_fen = captured_fen(paidAmount)
+            mismatched = paid_fen != order.amountFen
+            believed = not mismatched or (asked and paid_fen is not None)
+            if not believed and not tradeNo:
                 return PaidOutcome("mismatch", None, order)
             # a statement of its own, after the lock: one that waited for the lock (a join, say) would see the
             # payments as they were before the writer it waited for committed (PostgreSQL's read committed)
             payments = fast.all(PAYMENTS_OF_ORDER, {"orderId": order_id})
-            payment = self._find_or_add_payment(tx, order, payments, provider, providerName, reference, tradeNo)
-            accepted = order.status == "pending"
+            if not believed and not any(row.provider == provider and row.tradeNo == tradeNo and row.status in
+                                        CAPTURED_PAYMENT and row.amountFen == paid_fen for row in payments):
+                return PaidOutcome("mismatch", None, order)  # unless it is the very capture recorded before
+            payment = self._find_or_add_payment(tx, order, payments, provider, providerName, reference, tradeNo,
+                                                amountFen=paid_fen)
+            accepted = order.status == "pending" and not mismatched
             role = "accepted" if accepted else "surplus"
+            if mismatched and payment.amountFen != paid_fen:  # what the trade captured, not what it was made for
+                fast.rowcount(PAYMENT_AMOUNT, {"paymentId": payment.id, "amountFen": paid_fen})
             if not self._capture(fast, order_id, payment.id, provider=provider, tradeNo=tradeNo, paid_at=paid_at,
                                  now=now, audit=audit if accepted else None):
                 self._audit(tx, audit.values("unchanged", order_id, message="already processed"))
                 return PaidOutcome("known", payment, order)
             # what was just written, not read back (the order is locked: nothing else changed it)
             payment = payment._replace(status="paid", tradeNo=tradeNo, paidAt=paid_at, updatedAt=now, checkedAt=now,
-                                       role=role)
+                                       role=role, amountFen=paid_fen)
             if accepted:
                 order = order._replace(status="success", paymentId=payment.id, provider=provider, tradeNo=tradeNo,
                                        payTime=paid_at, updatedAt=now)
@@ -706,15 +727,29 @@ class Ledger:
                     self._enqueue(tx, JOB_CLOSE_TRADES, {"orderId": order_id, "provider": other},
                                   dedupeKey=f"close:{order_id}:{other}")
                 return PaidOutcome("accepted", payment, order)
-            message = (f"{provider} trade {tradeNo} captured {payment.amountFen} fen for order {order_id}, which is "
-                       f"{order.status}" + (f" (paid by {order.provider} {order.tradeNo})" if order.tradeNo else "")
-                       + ("; refunding it" if self.surplus == "refund" else "; kept (settings.pays.surplus: keep)"))
-            self._audit(tx, audit.values("surplus", order_id, error_code="SURPLUS_PAYMENT", message=message))
+            if mismatched:
+                message = (f"{provider} trade {tradeNo} captured {from_fen(payment.amountFen)} for order {order_id} "
+                           f"of {from_fen(order.amountFen)}, which is {order.status}: not the order's amount")
+            else:
+                message = (f"{provider} trade {tradeNo} captured {payment.amountFen} fen for order {order_id}, which "
+                           f"is {order.status}" + (f" (paid by {order.provider} {order.tradeNo})" if order.tradeNo
+                                                   else ""))
+            message += "; refunding it" if self.surplus == "refund" else "; kept (settings.pays.surplus: keep)"
+            self._audit(tx, audit.values("surplus", order_id, message=message,
+                                         error_code="AMOUNT_MISMATCH" if mismatched else "SURPLUS_PAYMENT"))
             self._publish(tx, "jit_payment_surplus", order_id, order=order_view, payment=payment_dict(payment))
             if self.surplus == "refund":
                 self._reserve(tx, order, payment, refund_id=f"SURPLUS-{payment.id}", fen=payment.amountFen,
                               reason="surplus payment returned", kind="surplus", send_in=0)
             return PaidOutcome("surplus", payment, order)
+
+    def ask_provider(self, order_id: str, provider: str) -> None:
+        """Have a job ask payment element ``provider`` about the order's trades and apply the answers (a
+        notification said something PaySvc does not take at its word). One such job per order and provider at a
+        time."""
+        with self._write() as tx:
+            self._enqueue(tx, JOB_CHECK_TRADES, {"orderId": order_id, "provider": provider},
+                          dedupeKey=f"check:{order_id}:{provider}")
 
     def apply_unpaid(self, order_id: str, *, provider: str, providerName: str, reference: str, status: str,
                      audit: Audit) -> bool:
@@ -1002,6 +1037,17 @@ class Ledger:
                 REFUNDS.c.orderId == order_id, REFUNDS.c.status == "confirmed")).scalar_one()
         expected = order.amountFen - order.refundedFen if order.status in PAID_ORDER else 0
         return int(captured) - int(refunded), expected
+
+
+def captured_fen(amount: Decimal | None) -> int | None:
+    """A provider's captured amount in fen; None if it gave none, or one that is not a positive number of fen."""
+    if amount is None:
+        return None
+    try:
+        fen = to_fen(amount)
+    except (PayError, ArithmeticError):
+        return None
+    return fen if fen > 0 else None
 
 
 def _fast(conn: Connection) -> Conn:

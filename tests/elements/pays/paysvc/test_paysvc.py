@@ -234,15 +234,71 @@ def test_check_applies_the_provider_answer(app: Any, pay: Any) -> None:
     assert ("check", "pending->success") in kinds and ("check", "unchanged") in kinds
 
 
-def test_check_with_wrong_amount_changes_nothing(app: Any, pay: Any) -> None:
+def test_check_records_money_captured_for_another_amount_as_a_surplus_and_refunds_it(app: Any, pay: Any) -> None:
+    svc = app.loadElement("pays.services.PaySvc")
     order = pay.create("Book", "12.30")
-    fake_class(app).trades[f"{FAKE}:{order['orderId']}"] = TradeState(order["orderId"], "success", "T9",
-                                                                      Decimal("0.01"))
+    order_id = order["orderId"]
+    fake_class(app).trades[f"{FAKE}:{order_id}"] = TradeState(order_id, "success", "T9", Decimal("0.01"))
+    checked = pay.check(orderId=order_id, fullName=FAKE)
+    assert checked["status"] == "pending" and checked["tradeNo"] is None  # it does not pay the order
+    [payment] = checked["payments"]
+    assert (payment["tradeNo"], payment["amount"], payment["status"], payment["role"]) == (
+        "T9", Decimal("0.01"), "paid", "surplus")
+    [row] = [r for r in audit(app, order_id) if r.outcome == "surplus"]
+    assert row.errorCode == "AMOUNT_MISMATCH" and "0.01" in row.message and "12.30" in row.message
+    assert fake_plugin.EVENTS.count(("surplus", order_id)) == 1
+    assert svc.money_check(order_id) == (1, 0)
+    app.jobs.run_until_idle()
+    [refund] = pay.query(orderId=order_id)["refunds"]
+    assert (refund["kind"], refund["status"], refund["amount"]) == ("surplus", "confirmed", Decimal("0.01"))
+    assert fake_class(app).refunds == {refund["refundId"]: Decimal("0.01")}
+    assert svc.money_check(order_id) == (0, 0)
+    # the order can still be paid, in full, another way
+    assert svc.handle_notify("fake", signed_notify(app, order_id, "12.30", trade_no="T10")).body == b"ok"
+    assert pay.query(orderId=order_id)["status"] == "success"
+    assert svc.money_check(order_id) == (1230, 1230)
+
+
+def test_check_with_no_usable_amount_changes_nothing(app: Any, pay: Any) -> None:
+    order = pay.create("Book", "12.30")
+    fake_class(app).trades[f"{FAKE}:{order['orderId']}"] = TradeState(order["orderId"], "success", "T9", None)
     with pytest.raises(Exception) as info:
         pay.check(orderId=order["orderId"], fullName=FAKE)
     assert info.value.code == "AMOUNT_MISMATCH"
     assert pay.query(orderId=order["orderId"])["status"] == "pending"
+    assert pay.query(orderId=order["orderId"])["payments"] == []
     assert audit(app, order["orderId"])[-1].errorCode == "AMOUNT_MISMATCH"
+
+
+def test_notified_capture_of_another_amount_is_asked_about_then_recorded(app: Any, pay: Any) -> None:
+    """A notification saying another amount was captured changes nothing by itself; a job asks the provider, whose
+    answer is recorded; the notification sent again is then acknowledged."""
+    svc = app.loadElement("pays.services.PaySvc")
+    order_id = pay.create("Book", "12.30")["orderId"]
+    note = signed_notify(app, order_id, "20.00", trade_no="T7")
+    assert svc.handle_notify("fake", note).body.startswith(b"fail")
+    assert pay.query(orderId=order_id)["payments"] == []
+    [job] = [j for j in app.jobs.list(states=["due"]) if j["kind"] == "pays.check_trades"]
+    assert job["payload"] == {"orderId": order_id, "provider": FAKE}
+    assert svc.handle_notify("fake", note).body.startswith(b"fail")  # sent again: still one job
+    assert len([j for j in app.jobs.list(states=["due"]) if j["kind"] == "pays.check_trades"]) == 1
+    fake_class(app).trades[f"{FAKE}:{order_id}"] = TradeState(order_id, "success", "T7", Decimal("20.00"))
+    app.jobs.run_until_idle()
+    result = pay.query(orderId=order_id)
+    assert result["status"] == "pending"
+    [payment] = result["payments"]
+    assert (payment["tradeNo"], payment["amount"], payment["role"], payment["status"]) == (
+        "T7", Decimal("20.00"), "surplus", "refunded")
+    assert [(r["kind"], r["status"], r["amount"]) for r in result["refunds"]] == [
+        ("surplus", "confirmed", Decimal("20.00"))]
+    assert svc.handle_notify("fake", note).body == b"ok"  # the capture is recorded: the provider may stop
+    assert svc.money_check(order_id) == (0, 0)
+    # a forged-looking one the provider does not confirm changes nothing, after asking
+    other = pay.create("Pen", "3.00")["orderId"]
+    assert svc.handle_notify("fake", signed_notify(app, other, "0.01", trade_no="T8")).body.startswith(b"fail")
+    app.jobs.run_until_idle()
+    assert pay.query(orderId=other)["payments"] == [] and pay.query(orderId=other)["status"] == "pending"
+    assert [r.outcome for r in audit(app, other) if r.kind == "check"] == ["unchanged"]
 
 
 def test_check_provider_failure_changes_nothing(app: Any, pay: Any) -> None:
