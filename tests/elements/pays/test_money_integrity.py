@@ -8,6 +8,7 @@ among the order's payments, and ``PaySvc.money_check`` agrees."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,8 +20,8 @@ import jitcore
 from elements.pays.errors import OrderClosed, PayError, ProviderError, RefundInvalid
 from elements.pays.WechatPayType import mweb_out_trade_no
 from tests.support.live import LiveApp, pay_in_wallet
-from tests.support.money import (ALIPAY, WECHAT, ProviderFaults, alipay, assert_money_invariant, deliver, drain,
-                                 event_names, events, money_app, net_captured, paysvc, pending_jobs,
+from tests.support.money import (ALIPAY, WECHAT, ProviderFaults, acknowledged, alipay, assert_money_invariant,
+                                 deliver, drain, event_names, events, money_app, net_captured, paysvc, pending_jobs,
                                  take_notifications, wechat)
 
 
@@ -465,3 +466,67 @@ def test_duplicated_and_reordered_notifications_change_nothing_beyond_the_first(
     assert_money_invariant(live, order_id)
     assert event_names(order_id) == ["created", "paid", "surplus", "surplus-refunded"]
     assert wechat(live).refunded(mweb) == Decimal("9.99") and alipay(live).refunded(order_id) == 0
+
+
+# -- money captured for another amount than the order's ---------------------------------------------------------------
+def prepared_elsewhere(live: LiveApp, fullName: str, order_id: str, amount: str, payType: str = "pc") -> str:
+    """A trade of the order made for ``amount`` by someone else with the merchant's keys (another copy of the app, a
+    script), through the payment element's own ``prepare`` and not through PaySvc: its pay URL."""
+    svc = paysvc(live)
+    view = replace(svc.order_view(svc.ledger.order(order_id)), amount=Decimal(amount))
+    return live.app.loadElement(fullName).prepare(view, payType).payUrl
+
+
+@pytest.mark.parametrize("fullName", [ALIPAY, WECHAT])
+def test_money_captured_for_another_amount_is_asked_about_recorded_and_refunded(live: LiveApp, fullName: str) -> None:
+    pay = live.pay_service
+    order_id = pay.create(subject="Paid for another amount", amount="12.34")["orderId"]
+    pay_in_wallet(prepared_elsewhere(live, fullName, order_id, "0.50"))
+    sandbox = alipay(live) if fullName == ALIPAY else wechat(live)
+    assert sandbox.captured(order_id) == Decimal("0.50")
+    [note] = take_notifications(live)
+    assert not acknowledged(note, note.deliver())  # not taken at its word: recorded, the provider is asked
+    assert pay.query(orderId=order_id)["payments"] == []
+    [rejected] = [a for a in paysvc(live).ledger.audit_log(order_id) if a.kind == "notify"]
+    assert (rejected.outcome, rejected.errorCode) == ("rejected", "AMOUNT_MISMATCH")
+    assert pending_jobs(live, "pays.check_trades")
+
+    drain(live)  # the provider confirms the capture: a surplus of what it captured, refunded in full
+    order = pay.query(orderId=order_id)
+    assert order["status"] == "pending" and order["tradeNo"] is None
+    [payment] = order["payments"]
+    assert (payment["fullName"], payment["amount"], payment["status"], payment["role"]) == (
+        fullName, Decimal("0.50"), "refunded", "surplus")
+    assert payment["tradeNo"] == (sandbox.trade(order_id).trade_no if fullName == ALIPAY
+                                  else sandbox.trade(order_id)["transaction_id"])
+    assert [(r["kind"], r["status"], r["amount"]) for r in order["refunds"]] == [
+        ("surplus", "confirmed", Decimal("0.50"))]
+    assert sandbox.refunded(order_id) == Decimal("0.50")
+    assert any(a.outcome == "surplus" and a.errorCode == "AMOUNT_MISMATCH" for a in
+               paysvc(live).ledger.audit_log(order_id))
+    assert event_names(order_id) == ["created", "surplus", "surplus-refunded"]
+    assert acknowledged(note, note.deliver())  # sent again: recorded now, the provider may stop
+    assert_money_invariant(live, order_id)
+
+    # the order is paid in full the other way; the invariant still holds
+    other = WECHAT if fullName == ALIPAY else ALIPAY
+    pay_in_wallet(pay.getPayUrl(orderId=order_id, fullName=other, payType="pc")["payUrl"])
+    deliver(*take_notifications(live))
+    final = assert_money_invariant(live, order_id)[order_id]
+    assert (final["status"], final["provider"]) == ("success", other)
+
+
+def test_check_finds_money_captured_for_another_amount_of_a_paid_order(live: LiveApp) -> None:
+    pay = live.pay_service
+    order_id = pay.create(subject="Paid, then paid again for less", amount="30.00")["orderId"]
+    pay_in_wallet(pay.getPayUrl(orderId=order_id, fullName=WECHAT, payType="pc")["payUrl"])
+    deliver(*take_notifications(live))
+    pay_in_wallet(prepared_elsewhere(live, ALIPAY, order_id, "29.99"))
+    take_notifications(live)  # lost: check finds it
+    checked = pay.check(orderId=order_id, fullName=ALIPAY)
+    assert (checked["status"], checked["provider"]) == ("success", WECHAT)
+    surplus = payment_of(checked, ALIPAY, order_id)
+    assert (surplus["amount"], surplus["status"], surplus["role"]) == (Decimal("29.99"), "paid", "surplus")
+    final = assert_money_invariant(live, order_id)[order_id]
+    assert payment_of(final, ALIPAY, order_id)["status"] == "refunded"
+    assert alipay(live).refunded(order_id) == Decimal("29.99") and wechat(live).refunded(order_id) == 0

@@ -6,7 +6,8 @@ of one order at once; notifications delivered, dropped, duplicated and reordered
 (partial, full, repeated ids); WeChat Pay refunds that stay ``PROCESSING`` and end later ``SUCCESS``, ``CLOSED`` or
 ``ABNORMAL``; Alipay refunds that move no money when made (``fund_change: "N"``) and end later made or not made (then
 sent again, and perhaps refused outright); a provider call that fails before it reaches the provider or whose answer
-is lost after the provider acted (a timeout: getPayUrl, check, settling, a refund, a refund's state); job runs; and
+is lost after the provider acted (a timeout: getPayUrl, check, settling, a refund, a refund's state); trades made
+by someone else for another amount than the order's (their notifications late, never lost), paid or not; job runs; and
 a process restart. When a run ends, the providers end the refunds still on their way, the jobs are drained on a
 clock hours ahead (the periodic sweep asks the providers about every trade that may have captured money, since
 notifications may have been dropped; refunds on their way are asked about) and then, for every order:
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -85,6 +86,8 @@ class LedgerMachine(RuleBasedStateMachine):
         #: since the WeChat H5 references are digests of order ids that differ from run to run, and a replayed draw
         #: must pick the same trade again
         self.trade_keys: dict[tuple[str, str], tuple[str, bool, str]] = {}
+        #: trades made by someone else (:meth:`trade_made_elsewhere`), for another amount than the order's
+        self.elsewhere: set[tuple[str, str]] = set()
         self.pending: list[Any] = []    # notifications taken from the sandboxes, not delivered yet
         self.delivered: list[Any] = []
         self.world.sandbox("wechat").refunds_wait = True  # until a rule says otherwise
@@ -300,6 +303,32 @@ class LedgerMachine(RuleBasedStateMachine):
             self._collect()
         return order
 
+    @rule(order=orders, offer=st.sampled_from(OFFERS), amount=st.sampled_from(["0.01", "12.33", "99.00"]),
+          pay_now=st.booleans())
+    def trade_made_elsewhere(self, order: str, offer: tuple[str, str], amount: str, pay_now: bool) -> None:
+        """A trade of the order made for another amount by someone else with the merchant's keys (through the
+        payment element, not PaySvc), which the buyer may pay: money captured that is not the order's amount.
+        JitPay learns of such a trade from its notifications (which its provider sends until one is acknowledged:
+        they are never dropped here) or from ``check``."""
+        fullName, payType = offer
+        svc = self.svc
+        row = svc.ledger.order(order)
+        if row is None or Decimal(amount) == svc.order_view(row).amount:
+            return
+        view = replace(svc.order_view(row), amount=Decimal(amount))
+        try:
+            self.world.app.loadElement(fullName).prepare(view, payType)
+        except PayError:
+            return  # the provider refuses (its trade for the order exists with other terms, or is paid or closed)
+        reference = mweb_out_trade_no(order) if payType == "mobile" else order
+        trade = ("alipay" if fullName == ALIPAY else "wechat", reference)
+        self.trades.add(trade)
+        self.trade_keys[trade] = (trade[0], reference != order, order)
+        self.elsewhere.add(trade)
+        if pay_now:
+            self.world.sandbox(trade[0]).pay(reference)
+            self._collect()
+
     @precondition(lambda self: len(self.trades) > 1)
     @rule(data=st.data())
     def buyer_pays_every_trade(self, data: st.DataObject) -> None:
@@ -335,7 +364,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.pending)
     @rule(pick=PICK)
     def drop(self, pick: int) -> None:
-        self.pending.pop(pick % len(self.pending))
+        note = self.pending.pop(pick % len(self.pending))
+        if (note.provider, note.reference) in self.elsewhere:
+            self.pending.append(note)  # retried by its provider until acknowledged: late, never lost
 
     # -- the end: drain, then the invariant -------------------------------------------------------------------------
     def teardown(self) -> None:
@@ -355,6 +386,10 @@ class LedgerMachine(RuleBasedStateMachine):
             alipay.finish_refund(request_no, "FAILED" if n % 2 == 0 else "SUCCESS", out_trade_no=out_trade_no)
         for note in wechat.take_notifications():  # the refund notifications of those just ended arrive
             assert note.deliver().status_code == 200
+        self._collect()
+        for note in self.pending:  # the providers retry the notifications of trades JitPay did not make
+            if (note.provider, note.reference) in self.elsewhere:
+                assert note.deliver().status_code == 200
         ahead = timedelta(0)
         for _ in range(3):  # nothing depends on a notification: the sweep finds what was dropped
             svc.sweep(min_age=timedelta(0), recheck=timedelta(0), limit=10_000)
