@@ -714,7 +714,7 @@ class Ledger:
                 return PaidOutcome("known", payment, order)
             # what was just written, not read back (the order is locked: nothing else changed it)
             payment = payment._replace(status="paid", tradeNo=tradeNo, paidAt=paid_at, updatedAt=now, checkedAt=now,
-                                       role=role, amountFen=paid_fen)
+                                       role=role, amountFen=paid_fen if mismatched else payment.amountFen)
             if accepted:
                 order = order._replace(status="success", paymentId=payment.id, provider=provider, tradeNo=tradeNo,
                                        payTime=paid_at, updatedAt=now)
