@@ -17,7 +17,8 @@ A provider plugin (and JitPay for Alipay and WeChat Pay) runs it against its own
 Every test drives PaySvc (``getPayUrl``, ``check``, ``close``, ``refund``, notifications through
 :meth:`PaySvc.handleNotify`, or over HTTP to the provider's notify URL when the app is served) and checks what
 docs/PROVIDERS.md promises: forged, tampered, wrong-amount and wrong-merchant notifications change nothing and are
-recorded in the audit log; duplicates are idempotent; statuses map as documented; refunds are idempotent per id;
+recorded in the audit log (money a trade captured for another amount is asked about, recorded as a surplus and
+refunded); duplicates are idempotent; statuses map as documented; refunds are idempotent per id;
 errors carry codes; money a closed order did not need goes back. A provider whose payments can fail (the provider
 reports a trade failed) includes :class:`FailedPaymentConformance` as well; one whose payments cannot (Alipay: a
 trade is paid, pending or closed) leaves it out, so nothing is skipped for it. Likewise a provider whose refunds can
@@ -29,6 +30,7 @@ includes :class:`LateRefundConformance`, and one whose refunds can end ``abnorma
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from dataclasses import dataclass
 from decimal import Decimal
@@ -222,6 +224,30 @@ class ProviderConformance:
             assert [p["role"] for p in after["payments"] if p["status"] in ("paid", "refunded")] == ["surplus"]
             assert kit.gateway.refunded(reference) == kit.gateway.captured(reference) == kit.setup.amount
         kit.assert_money(order["orderId"])
+
+    def test_money_captured_for_another_amount_is_asked_about_and_goes_back(self, kit: "Kit") -> None:
+        """A trade of the order made for another amount (with the merchant's keys, not through PaySvc) and paid:
+        its notification changes nothing by itself; the job that asks the provider records the money as a surplus of
+        the amount captured, and a job refunds it."""
+        order = kit.create()
+        other = kit.setup.amount - Decimal("0.01")
+        view = dataclasses.replace(kit.svc.order_view(kit.svc.ledger.order(order["orderId"])), amount=other)
+        reference = kit.provider.prepare(view, kit.setup.payType).reference or order["orderId"]
+        assert kit.gateway.pay(reference), "the gateway did not take the payment"
+        notes = kit.gateway.notifications()
+        assert notes, "the gateway made no notification of the payment"
+        for note in notes:
+            assert not kit.deliver(note).same_as(kit.provider.notify_reply(True)), "a wrong amount was acknowledged"
+        assert kit.order(order["orderId"])["payments"] == []
+        kit.run_jobs()
+        after = kit.order(order["orderId"])
+        assert after["status"] == "pending"
+        assert [(p["amount"], p["role"], p["status"]) for p in kit.payments(order["orderId"])] == [
+            (other, "surplus", "refunded")]
+        assert kit.gateway.refunded(reference) == kit.gateway.captured(reference) == other
+        for note in notes:  # recorded now: sent again, it is acknowledged
+            assert kit.deliver(note).same_as(kit.provider.notify_reply(True))
+        kit.assert_money(order["orderId"], captured=other)
 
     def test_refunds_are_idempotent_per_id_and_map_to_refunded(self, kit: "Kit") -> None:
         order, reference = kit.paid_order()
