@@ -527,11 +527,6 @@ class PaySvc(NormalService):
             log.exception("the %s notification could not be handled", providerName)
             return first.notify_reply(False, "internal error")
 
-    def handle_notify_body(self, providerName: str, body: bytes, contentType: str | None = None) -> Response:
-        """A notification's raw body and content type (the form before :meth:`handleNotify` took the whole request),
-        as a Starlette response."""
-        return self._reply(self.handleNotify(providerName, NotifyRequest.of(body, contentType)))
-
     def handle_notify(self, providerName: str, fields: Mapping[str, Any], *, body: bytes | None = None,
                       client: str | None = None) -> Any:
         """Verify a notification with the provider element it is addressed to, then apply it. Returns the provider's
