@@ -123,9 +123,15 @@ class ServerThread:
         return self
 
     def stop(self) -> None:
+        """Shut the server down (gracefully for a second, then forced) and close its socket once it has stopped
+        using it (closed under a server still shutting down, the socket made its thread fail)."""
         self.server.should_exit = True
         self.thread.join(timeout=10)
-        self.sock.close()
+        if self.thread.is_alive():
+            self.server.force_exit = True
+            self.thread.join(timeout=20)
+        if not self.thread.is_alive():
+            self.sock.close()
 
     def __enter__(self) -> "ServerThread":
         return self.start()
