@@ -20,7 +20,7 @@ import jitcore
 from elements.pays.errors import OrderClosed, PayError, ProviderError, RefundInvalid
 from elements.pays.WechatPayType import mweb_out_trade_no
 from tests.support.live import LiveApp, pay_in_wallet
-from tests.support.money import (ALIPAY, WECHAT, ProviderFaults, acknowledged, alipay, assert_money_invariant,
+from tests.support.money import (ALIPAY, HOLD, WECHAT, ProviderFaults, acknowledged, alipay, assert_money_invariant,
                                  deliver, drain, event_names, events, money_app, net_captured, paysvc, pending_jobs,
                                  take_notifications, wechat)
 
@@ -530,3 +530,46 @@ def test_check_finds_money_captured_for_another_amount_of_a_paid_order(live: Liv
     final = assert_money_invariant(live, order_id)[order_id]
     assert payment_of(final, ALIPAY, order_id)["status"] == "refunded"
     assert alipay(live).refunded(order_id) == Decimal("29.99") and wechat(live).refunded(order_id) == 0
+
+
+# -- settings.pays.surplus: keep ---------------------------------------------------------------------------------------
+def test_surplus_kept_is_shown_announced_and_refunded_when_the_merchant_says(tmp_path: Path,
+                                                                              database: str | None) -> None:
+    settings = {**HOLD, "pays": {"surplus": "keep"}}
+    with money_app(tmp_path, database, settings=settings) as live:
+        pay = live.pay_service
+        order_id = pay.create(subject="Paid twice, surplus kept", amount="20.00")["orderId"]
+        ali_qr = pay.getPayUrl(orderId=order_id, fullName=ALIPAY, payType="pc")
+        wx_qr = pay.getPayUrl(orderId=order_id, fullName=WECHAT, payType="pc")
+        pay_in_wallet(wx_qr["payUrl"])
+        deliver(*take_notifications(live))
+        drain(live)
+        pay_in_wallet(ali_qr["payUrl"])
+        deliver(*take_notifications(live))
+        mismatched_id = pay.create(subject="Paid for another amount, kept", amount="5.00")["orderId"]
+        pay_in_wallet(prepared_elsewhere(live, WECHAT, mismatched_id, "4.99"))
+        assert pay.check(orderId=mismatched_id, fullName=WECHAT)["status"] == "pending"
+        drain(live)
+
+        # kept: recorded, announced, not refunded (the providers hold the money; the ledger says so)
+        first, second = pay.query(orderId=order_id), pay.query(orderId=mismatched_id)
+        kept = payment_of(first, ALIPAY, order_id)
+        kept_mismatch = payment_of(second, WECHAT, mismatched_id)
+        assert (kept["role"], kept["status"], kept["amount"]) == ("surplus", "paid", Decimal("20.00"))
+        assert (kept_mismatch["role"], kept_mismatch["status"], kept_mismatch["amount"]) == (
+            "surplus", "paid", Decimal("4.99"))
+        assert first["refunds"] == [] and second["refunds"] == []
+        assert alipay(live).refunded(order_id) == 0 and wechat(live).refunded(mismatched_id) == 0
+        assert "surplus" in event_names(order_id) and "surplus" in event_names(mismatched_id)
+        audit = paysvc(live).ledger.audit_log()
+        assert any(a.orderId == order_id and a.outcome == "surplus" and "kept" in a.message for a in audit)
+        assert paysvc(live).money_check(order_id) == (4000, 2000)
+        assert paysvc(live).money_check(mismatched_id) == (499, 0)
+
+        # the merchant gives them back
+        for oid, payment in ((order_id, kept), (mismatched_id, kept_mismatch)):
+            refund = pay.refund(orderId=oid, paymentId=payment["paymentId"])
+            assert (refund["kind"], refund["status"], refund["amount"]) == ("surplus", "confirmed", payment["amount"])
+        final = assert_money_invariant(live, order_id, mismatched_id)
+        assert final[order_id]["status"] == "success" and final[order_id]["refundedAmount"] == 0
+        assert final[mismatched_id]["status"] == "pending"
