@@ -92,10 +92,11 @@ def test_closed_then_paid_is_a_refunded_surplus(live: LiveApp) -> None:
 
 
 # -- 2. paid twice -----------------------------------------------------------------------------------------------------
-def test_paid_twice_keeps_the_first_and_refunds_the_second(live: LiveApp) -> None:
+def paid_twice(live: LiveApp, subject: str) -> str:
+    """A new order of 20.00 offered with Alipay and WeChat Pay; WeChat Pay paid first, then the Alipay QR code too
+    (the notifications delivered, the jobs between them drained): its id."""
     pay = live.pay_service
-    # Alipay and WeChat Pay offered; WeChat Pay paid first, then the Alipay QR code too
-    order_id = pay.create(subject="Paid twice", amount="20.00")["orderId"]
+    order_id = pay.create(subject=subject, amount="20.00")["orderId"]
     ali_qr = pay.getPayUrl(orderId=order_id, fullName=ALIPAY, payType="pc")
     wx_qr = pay.getPayUrl(orderId=order_id, fullName=WECHAT, payType="pc")
     pay_in_wallet(wx_qr["payUrl"])
@@ -103,6 +104,12 @@ def test_paid_twice_keeps_the_first_and_refunds_the_second(live: LiveApp) -> Non
     drain(live)  # settling: closes the WeChat trade, and at Alipay nothing (the QR code was never scanned)
     pay_in_wallet(ali_qr["payUrl"])
     deliver(*take_notifications(live))
+    return order_id
+
+
+def test_paid_twice_keeps_the_first_and_refunds_the_second(live: LiveApp) -> None:
+    pay = live.pay_service
+    order_id = paid_twice(live, "Paid twice")
 
     # WeChat Pay NATIVE and MWEB both paid: two trades of one provider
     both_id = pay.create(subject="Paid twice at WeChat Pay", amount="8.88")["orderId"]
@@ -538,14 +545,7 @@ def test_surplus_kept_is_shown_announced_and_refunded_when_the_merchant_says(tmp
     settings = {**HOLD, "pays": {"surplus": "keep"}}
     with money_app(tmp_path, database, settings=settings) as live:
         pay = live.pay_service
-        order_id = pay.create(subject="Paid twice, surplus kept", amount="20.00")["orderId"]
-        ali_qr = pay.getPayUrl(orderId=order_id, fullName=ALIPAY, payType="pc")
-        wx_qr = pay.getPayUrl(orderId=order_id, fullName=WECHAT, payType="pc")
-        pay_in_wallet(wx_qr["payUrl"])
-        deliver(*take_notifications(live))
-        drain(live)
-        pay_in_wallet(ali_qr["payUrl"])
-        deliver(*take_notifications(live))
+        order_id = paid_twice(live, "Paid twice, surplus kept")
         mismatched_id = pay.create(subject="Paid for another amount, kept", amount="5.00")["orderId"]
         pay_in_wallet(prepared_elsewhere(live, WECHAT, mismatched_id, "4.99"))
         assert pay.check(orderId=mismatched_id, fullName=WECHAT)["status"] == "pending"
