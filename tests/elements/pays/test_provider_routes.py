@@ -18,6 +18,7 @@ from acmepay.fake import FakeAcmePay
 from acmepay.protocol import SIGNATURE_HEADER, signature_header
 from elements.pays.Meta import NotifyHeaders, NotifyReply, NotifyRequest
 from elements.pays.testing import served_app
+from tests.support.live import ServerThread
 
 MERCHANTS = {"m_shop": ("sk_test_shop_0123456789", "whsec_shop_0123456789")}
 NOTIFY = "/api/shop/pays/services/PaySvc/notify"
@@ -138,16 +139,13 @@ def fastapi_example() -> str:
 
 def test_the_fastapi_example_of_the_docs_takes_notifications(acme: Any, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
-
     app, _, fake = acme
     order_id, hook = paid_webhook(app, fake)
     monkeypatch.chdir(tmp_path)  # the example loads app.yaml from the working directory: the served app's YAML
     namespace: dict[str, Any] = {}
     exec(compile(fastapi_example(), "fastapi_shop.py", "exec"), namespace)
     try:
-        with TestClient(namespace["api"]) as client:
+        with ServerThread(namespace["api"]) as server, httpx.Client(base_url=server.url, timeout=10) as client:
             unknown = client.post("/payments/notify/nosuchpay", content=b"{}")
             assert unknown.status_code == 404
             paid = client.post("/payments/notify/acmepay", content=hook.body, headers=hook.headers)
