@@ -165,7 +165,6 @@ def shop_factory(tmp_path: Path, alipay_keys: dict[str, str]) -> Iterator[Callab
     yield build
     for shop in shops:
         shop.alipaySandbox.stop()
-        shop.wechatSandbox.stop()
         shop.alipay.gateway.close()
     for server in servers:
         server.stop()

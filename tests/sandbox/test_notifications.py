@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import html
 import re
-import threading
-import time
 from datetime import timedelta
-from typing import Any
 from urllib.parse import parse_qsl, urljoin
 
 import httpx
 import pytest
 
-from elements.pays.errors import SignatureInvalid
 from jitpay_sandbox import sandbox_of
 from jitpay_sandbox.held import HeldNotification
 from jitpay_sandbox.wechat import WechatSandbox
@@ -194,23 +190,3 @@ def test_sandbox_of_finds_the_sandboxes_serving_an_app(held: Shop) -> None:
     assert isinstance(wechat, WechatSandbox) and any(getattr(r.endpoint, "__self__", None) is wechat
                                                      for r in w_routes)
     assert sandbox_of(held.app, "alipay") is None  # a SimpleNamespace cannot be remembered
-
-
-@pytest.mark.parametrize("provider", ["alipay", "wechat"])
-def test_a_stopped_sandbox_stops_retrying_at_once(shop_factory: Any, monkeypatch: pytest.MonkeyPatch,
-                                                  provider: str) -> None:
-    """A notification the shop refuses is retried after a long pause; ``stop()`` ends that wait (its thread) at once
-    and nothing more is posted (a test's sandbox never posts into the next test)."""
-    shop = shop_factory(alipay={"notifyRetryDelays": [0, 30, 30]}, wechat={"notifyRetryDelays": [30, 30]})
-    monkeypatch.setattr(shop.provider(provider), "verify_notify",
-                        lambda fields: (_ for _ in ()).throw(SignatureInvalid("refused by the test")))
-    order = new_order("1.00")
-    shop.provider(provider).prepare(order, "pc")
-    sandbox = shop.sandbox(provider)
-    assert sandbox.pay(order.orderId)
-    shop.wait_notified(1, provider)
-    started = time.monotonic()
-    sandbox.stop()
-    assert time.monotonic() - started < 5
-    assert not [t for t in threading.enumerate() if order.orderId in t.name and t.is_alive()]
-    assert len(shop.notifications(provider)) == 1

@@ -24,7 +24,6 @@ import jitcore
 from jitcore.app import App
 from jitcore.defines import deep_merge
 from jitcore.http import build_asgi_app
-from jitpay_sandbox.registry import sandbox_of
 
 API_KEY = "test-api-key-0123456789abcdef"
 ALIPAY_APP_ID = "2021000000000001"
@@ -189,16 +188,7 @@ def start_live_app(directory: Path, *, run_jobs: bool = True, **options: Any) ->
         yield LiveApp(app, url, yaml_path)
     finally:
         app.close()  # first: the job runner may still talk to the sandbox
-        stop_sandboxes(app)  # their notifications still on their way would outlive the test
         server.stop()
-
-
-def stop_sandboxes(app: Any) -> None:
-    """Stop the sandboxes serving ``app`` from retrying notifications (their delivery threads end)."""
-    for name in ("alipay", "wechat", "wechatV3"):
-        sandbox = sandbox_of(app, name)
-        if sandbox is not None:
-            sandbox.stop()
 
 
 def pay_in_wallet(pay_url: str) -> None:

@@ -218,14 +218,6 @@ class WechatSandbox(WechatWalletSandbox):
     def __init__(self, settings: WechatSandboxSettings) -> None:
         super().__init__(notify_mode=settings.notifyMode)
         self.settings = settings
-        self._stopping = threading.Event()
-        self._threads: list[threading.Thread] = []
-
-    def stop(self) -> None:
-        """Stop retrying notifications (threads end at their next wait) and wait briefly for them."""
-        self._stopping.set()
-        for thread in list(self._threads):
-            thread.join(timeout=self.settings.notifyTimeout + 1)
 
     # -- public -----------------------------------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -519,7 +511,8 @@ class WechatSandbox(WechatWalletSandbox):
         if self._notify_mode == "hold":
             self._hold(trade.out_trade_no, "refund", refund.notify_url, body, NOTIFY_HEADERS)
         else:
-            self._send_later(trade, refund.notify_url, body, f"wechat-sandbox-refund-notify-{refund.out_refund_no}")
+            threading.Thread(target=self._deliver, args=(trade, refund.notify_url, body),
+                             name=f"wechat-sandbox-refund-notify-{refund.out_refund_no}", daemon=True).start()
 
     def _unfinished_refunds(self) -> list[str]:
         return [r.out_refund_no for t in self._trades.values() for r in t.refunds.values()
@@ -555,7 +548,8 @@ class WechatSandbox(WechatWalletSandbox):
         if self._notify_mode == "hold":
             self._hold(trade.out_trade_no, "paid" if paid else "failed", url, body, NOTIFY_HEADERS)
         else:
-            self._send_later(trade, url, body, f"wechat-sandbox-notify-{trade.out_trade_no}")
+            threading.Thread(target=self._deliver, args=(trade, url, body),
+                             name=f"wechat-sandbox-notify-{trade.out_trade_no}", daemon=True).start()
         return True
 
     def _notification(self, trade: _Trade, paid: bool) -> dict[str, str]:
@@ -574,18 +568,12 @@ class WechatSandbox(WechatWalletSandbox):
             fields["attach"] = trade.params["attach"]
         return fields
 
-    def _send_later(self, trade: _Trade, url: str, body: bytes, name: str) -> None:
-        thread = threading.Thread(target=self._deliver, args=(trade, url, body), name=name, daemon=True)
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
-        thread.start()
-
     def _deliver(self, trade: _Trade, url: str, body: bytes) -> None:
-        """POST the notification until the merchant answers ``return_code=SUCCESS`` or the retries run out (or the
-        sandbox stops)."""
+        """POST the notification until the merchant answers ``return_code=SUCCESS`` or the retries run out."""
         delays = (0.0, *self.settings.notifyRetryDelays)
         for attempt, delay in enumerate(delays, start=1):
-            if self._stopping.wait(delay):
-                return
+            if delay:
+                time.sleep(delay)
             outcome: dict[str, Any] = {"attempt": attempt, "at": datetime.now(BEIJING).isoformat(timespec="seconds")}
             try:
                 response = httpx.post(url, content=body, timeout=self.settings.notifyTimeout,
