@@ -423,7 +423,7 @@ def against(scripted, tmp_path: Path) -> Any:
     def run(native: Any, mweb: Any) -> Any:
         fake.script = {ORDER.orderId: native, mweb_out_trade_no(ORDER.orderId): mweb}
         return make_provider(make_app(tmp_path, "https://shop.example.com"), appId=APP_ID, mchId=MCH_ID, apiKey=KEY,
-                             gateway=url, timeout=0.5)
+                             gateway=url, timeout=5)
 
     run.fake = fake
     return run
