@@ -63,3 +63,14 @@ def yuan_to_fen(amount: Decimal) -> int:
 def from_fen(fen: int) -> Decimal:
     """Integer fen to Decimal yuan with two places."""
     return (Decimal(fen) / 100).quantize(CENT)
+
+
+def captured_fen(amount: Decimal | None) -> int | None:
+    """What a provider reports captured, in integer fen; None when it reports no amount or one that is not a valid
+    amount (:func:`parse_amount`)."""
+    if amount is None:
+        return None
+    try:
+        return to_fen(parse_amount(amount, "captured amount"))
+    except AmountInvalid:
+        return None

@@ -42,10 +42,19 @@ from elements.pays.errors import PayError
 from elements.pays.Meta import NotifyReply, NotifyRequest, PayProvider
 
 __all__ = ["ConformanceGateway", "ConformanceSetup", "ProviderConformance", "FailedPaymentConformance",
-           "LateRefundConformance", "AbnormalRefundConformance", "Delivered"]
+           "LateRefundConformance", "AbnormalRefundConformance", "Delivered", "prepare_elsewhere"]
 
 PAYSVC = "pays.services.PaySvc"
 PROVIDER_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def prepare_elsewhere(app: Any, fullName: str, orderId: str, amount: Decimal | str, payType: str = "pc") -> Any:
+    """A trade of order ``orderId`` for ``amount`` made with payment element ``fullName``'s own ``prepare``, not
+    through PaySvc (as someone else with the merchant's keys would: another copy of the app, a script): how a test
+    gets a provider to capture another amount than the order's. Its ``PaymentPrep``."""
+    svc = app.loadElement(PAYSVC)
+    view = dataclasses.replace(svc.order_view(svc.ledger.order(orderId)), amount=Decimal(amount))
+    return svc.provider(fullName).prepare(view, payType)
 
 
 class ConformanceGateway:
@@ -231,8 +240,8 @@ class ProviderConformance:
         the amount captured, and a job refunds it."""
         order = kit.create()
         other = kit.setup.amount - Decimal("0.01")
-        view = dataclasses.replace(kit.svc.order_view(kit.svc.ledger.order(order["orderId"])), amount=other)
-        reference = kit.provider.prepare(view, kit.setup.payType).reference or order["orderId"]
+        prep = prepare_elsewhere(kit.app, kit.fullName, order["orderId"], other, kit.setup.payType)
+        reference = prep.reference or order["orderId"]
         assert kit.gateway.pay(reference), "the gateway did not take the payment"
         notes = kit.gateway.notifications()
         assert notes, "the gateway made no notification of the payment"

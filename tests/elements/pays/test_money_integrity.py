@@ -8,7 +8,6 @@ among the order's payments, and ``PaySvc.money_check`` agrees."""
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import jitcore
 from elements.pays.errors import OrderClosed, PayError, ProviderError, RefundInvalid
 from elements.pays.WechatPayType import mweb_out_trade_no
+from elements.pays.testing import prepare_elsewhere
 from tests.support.live import LiveApp, pay_in_wallet
 from tests.support.money import (ALIPAY, HOLD, WECHAT, ProviderFaults, acknowledged, alipay, assert_money_invariant,
                                  deliver, drain, event_names, events, money_app, net_captured, paysvc, pending_jobs,
@@ -476,19 +476,11 @@ def test_duplicated_and_reordered_notifications_change_nothing_beyond_the_first(
 
 
 # -- money captured for another amount than the order's ---------------------------------------------------------------
-def prepared_elsewhere(live: LiveApp, fullName: str, order_id: str, amount: str, payType: str = "pc") -> str:
-    """A trade of the order made for ``amount`` by someone else with the merchant's keys (another copy of the app, a
-    script), through the payment element's own ``prepare`` and not through PaySvc: its pay URL."""
-    svc = paysvc(live)
-    view = replace(svc.order_view(svc.ledger.order(order_id)), amount=Decimal(amount))
-    return live.app.loadElement(fullName).prepare(view, payType).payUrl
-
-
 @pytest.mark.parametrize("fullName", [ALIPAY, WECHAT])
 def test_money_captured_for_another_amount_is_asked_about_recorded_and_refunded(live: LiveApp, fullName: str) -> None:
     pay = live.pay_service
     order_id = pay.create(subject="Paid for another amount", amount="12.34")["orderId"]
-    pay_in_wallet(prepared_elsewhere(live, fullName, order_id, "0.50"))
+    pay_in_wallet(prepare_elsewhere(live.app, fullName, order_id, "0.50").payUrl)
     sandbox = alipay(live) if fullName == ALIPAY else wechat(live)
     assert sandbox.captured(order_id) == Decimal("0.50")
     [note] = take_notifications(live)
@@ -528,7 +520,7 @@ def test_check_finds_money_captured_for_another_amount_of_a_paid_order(live: Liv
     order_id = pay.create(subject="Paid, then paid again for less", amount="30.00")["orderId"]
     pay_in_wallet(pay.getPayUrl(orderId=order_id, fullName=WECHAT, payType="pc")["payUrl"])
     deliver(*take_notifications(live))
-    pay_in_wallet(prepared_elsewhere(live, ALIPAY, order_id, "29.99"))
+    pay_in_wallet(prepare_elsewhere(live.app, ALIPAY, order_id, "29.99").payUrl)
     take_notifications(live)  # lost: check finds it
     checked = pay.check(orderId=order_id, fullName=ALIPAY)
     assert (checked["status"], checked["provider"]) == ("success", WECHAT)
@@ -547,7 +539,7 @@ def test_surplus_kept_is_shown_announced_and_refunded_when_the_merchant_says(tmp
         pay = live.pay_service
         order_id = paid_twice(live, "Paid twice, surplus kept")
         mismatched_id = pay.create(subject="Paid for another amount, kept", amount="5.00")["orderId"]
-        pay_in_wallet(prepared_elsewhere(live, WECHAT, mismatched_id, "4.99"))
+        pay_in_wallet(prepare_elsewhere(live.app, WECHAT, mismatched_id, "4.99").payUrl)
         assert pay.check(orderId=mismatched_id, fullName=WECHAT)["status"] == "pending"
         drain(live)
 

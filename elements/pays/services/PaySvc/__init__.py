@@ -34,11 +34,11 @@ from elements.pays.errors import (AmountMismatch, DuplicateOrder, NotifyInvalid,
                                   RefundInvalid, SignatureInvalid, SubjectInvalid, UnknownPayType,
                                   UnsupportedPayType)
 from elements.pays.Meta import NotifyReply, NotifyRequest, OrderView, PayProvider, RefundResult, TradeState
-from elements.pays.money import from_fen, parse_amount, to_fen
+from elements.pays.money import captured_fen, from_fen, parse_amount, to_fen
 from elements.pays.services.PaySvc.background import refund_question_delay
 from elements.pays.services.PaySvc.ids import ORDER_ID_RE, check_order_id, new_order_id
 from elements.pays.services.PaySvc.ledger import (ACCEPTED_REFUND, CAPTURED_PAYMENT, LIVE_PAYMENT, OPEN_REFUND, Audit,
-                                                  Ledger, as_utc, captured_fen, payment_dict, refund_dict, utcnow)
+                                                  Ledger, as_utc, payment_dict, refund_dict, utcnow)
 from elements.pays.services.PaySvc.rejections import DEFAULT_LIMITS as REJECTION_LIMITS
 from elements.pays.services.PaySvc.rejections import RejectionLimiter
 from elements.pays.services.PaySvc.routes import reply_response

@@ -38,8 +38,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, Row
 from sqlalchemy.exc import IntegrityError
 
-from elements.pays.errors import PayError
-from elements.pays.money import from_fen, to_fen
+from elements.pays.money import captured_fen, from_fen
 from elements.pays.services.PaySvc.migrations import ensure_schema
 from elements.pays.services.PaySvc.models import PayAudit, PayOrder, PayPayment, PayRefund
 from elements.pays.services.PaySvc.rejections import RejectionLimiter, bounded_payload
@@ -1037,17 +1036,6 @@ class Ledger:
                 REFUNDS.c.orderId == order_id, REFUNDS.c.status == "confirmed")).scalar_one()
         expected = order.amountFen - order.refundedFen if order.status in PAID_ORDER else 0
         return int(captured) - int(refunded), expected
-
-
-def captured_fen(amount: Decimal | None) -> int | None:
-    """A provider's captured amount in fen; None if it gave none, or one that is not a positive number of fen."""
-    if amount is None:
-        return None
-    try:
-        fen = to_fen(amount)
-    except (PayError, ArithmeticError):
-        return None
-    return fen if fen > 0 else None
 
 
 def _fast(conn: Connection) -> Conn:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -41,6 +41,7 @@ from sqlalchemy import text
 
 import jitcore
 from elements.pays.errors import PayError, ProviderError
+from elements.pays.testing import prepare_elsewhere
 from elements.pays.WechatPayType import mweb_out_trade_no
 from jitpay_sandbox.registry import sandbox_of
 from tests.support.live import LiveApp, start_live_app
@@ -315,9 +316,8 @@ class LedgerMachine(RuleBasedStateMachine):
         row = svc.ledger.order(order)
         if row is None or Decimal(amount) == svc.order_view(row).amount:
             return
-        view = replace(svc.order_view(row), amount=Decimal(amount))
         try:
-            self.world.app.loadElement(fullName).prepare(view, payType)
+            prepare_elsewhere(self.world.app, fullName, order, amount, payType)
         except PayError:
             return  # the provider refuses (its trade for the order exists with other terms, or is paid or closed)
         reference = mweb_out_trade_no(order) if payType == "mobile" else order
