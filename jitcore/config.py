@@ -85,6 +85,9 @@ class EventDeliveryModel(_Strict):
     maxBackoffSeconds: float = Field(default=3600.0, ge=0)
     #: a delivery whose process died is taken again after this many seconds
     leaseSeconds: float = Field(default=300.0, gt=0)
+    #: a delivery still running after this many seconds (a hook that hangs) is given up and tried again later;
+    #: null: never
+    timeoutSeconds: float | None = Field(default=900.0, gt=0)
 
 
 class JobsModel(_Strict):

@@ -7,14 +7,17 @@ their kind registers through the ``jit_job_handlers`` hook.
 
 A job's states: ``due`` → ``running`` → ``done`` | ``due`` again (a failed attempt, after a backoff) | ``dead``
 (``maxAttempts`` used up; kept and visible until retried). Two runs of one job never overlap while their runner is
-alive:
+alive and within the kind's ``timeoutSeconds``:
 
 - *claiming* is one conditional ``UPDATE ... WHERE id = :id AND (due and dueAt <= now, or running with an expired
   lease) AND no earlier unfinished job has its sequenceKey``; the row count says who won. PostgreSQL candidates are
   picked ``FOR UPDATE SKIP LOCKED``; SQLite serialises every write transaction (``BEGIN IMMEDIATE``;
   an idle poll only reads).
 - a claim holds a *lease* (``leaseSeconds``), renewed while the handler runs (:mod:`jitcore.leases`); a job whose
-  runner died (or froze longer than the lease) is claimed again once it expires.
+  runner died (or froze longer than the lease) is claimed again once it expires. An attempt still running after its
+  kind's ``timeoutSeconds`` is given up: recorded failed (``JobTimedOut``; due again after the backoff), and a runner
+  thread stuck in it is replaced by a new one. Its handler cannot be stopped; what it does after that may overlap a
+  later attempt, and its outcome is not recorded.
 - *finishing* is fenced: ``UPDATE ... WHERE id = :id AND runner = :me AND state = 'running' AND attempts = :n``, so
   a runner that lost its lease cannot overwrite the outcome of the attempt that replaced it.
 - claims and outcomes are *bookkeeping* (:func:`jitcore.sql.bookkeeping`): their commits do not wait for the disk
@@ -37,6 +40,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -57,15 +61,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from jitcore.errors import ConfigError
-from jitcore.leases import LeaseKeeper
+from jitcore.leases import Held, LeaseKeeper
 from jitcore.sql import bookkeeping, bookkeeping_change, database
 from jitcore.sqlite import wait_durable
 
 if TYPE_CHECKING:
     from jitcore.app import App
 
-__all__ = ["JobKind", "Job", "RetryLater", "RunSummary", "JobQueue", "encode_value", "decode_value", "EVENT_KIND",
-           "STATES", "SCHEMA_VERSION"]
+__all__ = ["JobKind", "Job", "RetryLater", "JobTimedOut", "RunSummary", "JobQueue", "encode_value", "decode_value",
+           "EVENT_KIND", "STATES", "SCHEMA_VERSION"]
 
 log = logging.getLogger("jitcore.jobs")
 
@@ -206,6 +210,10 @@ class JobKind:
     #: a claim's lease: renewed every third of it while the handler runs (:mod:`jitcore.leases`), so a running job
     #: is taken again this long after its runner stopped renewing (its process died or froze), never for being slow
     leaseSeconds: float = 300.0
+    #: an attempt still running after this many seconds is given up (None: never): recorded as a failed attempt
+    #: (``JobTimedOut``, with where its handler was), its job due again after the backoff, and a runner thread stuck
+    #: in it replaced. Python cannot stop the handler; should it ever return, its outcome is not recorded
+    timeoutSeconds: float | None = 900.0
     #: periodic: runners keep exactly one job of this kind, due every ``every`` seconds after the last one ended
     every: float | None = None
 
@@ -220,6 +228,8 @@ class JobKind:
             raise ValueError("JobKind.leaseSeconds must be positive")
         if self.every is not None and self.every <= 0:
             raise ValueError("JobKind.every must be positive (or None)")
+        if self.timeoutSeconds is not None and self.timeoutSeconds <= 0:
+            raise ValueError("JobKind.timeoutSeconds must be positive (or None)")
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based), jitter included."""
@@ -276,6 +286,11 @@ class _NoHandler(LookupError):
     """A job's kind has no handler in this process."""
 
 
+class JobTimedOut(Exception):
+    """The failure recorded for an attempt that ran past its kind's ``timeoutSeconds`` (never raised in the handler's
+    thread: Python cannot interrupt it). Its message says where the handler was at that moment."""
+
+
 def _no_handler(app: "App", payload: dict, job: Job) -> None:
     raise _NoHandler(f"no handler for kind {job.kind}")
 
@@ -292,11 +307,21 @@ def _describe(exc: BaseException) -> str:
     head = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     if isinstance(exc, RetryLater):
         return head[:ERROR_LIMIT]
-    text_ = head + "\n\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    # a time-out's message holds the hung thread's stack; it has no traceback of its own
+    text_ = head if isinstance(exc, JobTimedOut) else (
+        head + "\n\n" + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     if len(text_) > ERROR_LIMIT:
         half = ERROR_LIMIT // 2 - 10
         text_ = text_[:half] + "\n[...]\n" + text_[-half:]
     return text_
+
+
+def _stack_of(thread: threading.Thread) -> str:
+    """Where ``thread`` is now (its innermost frames), or "" if it has ended."""
+    frame = sys._current_frames().get(thread.ident) if thread.ident is not None else None
+    if frame is None:
+        return ""
+    return "".join(traceback.format_stack(frame, limit=12)).rstrip()
 
 
 def _first_line(error: str | None) -> str:
@@ -435,7 +460,11 @@ class JobQueue:
     def __init__(self, app: "App") -> None:
         self.app = app
         self.settings = app.model.jobs
+        #: the runner thread, the kind map, the engines watched; never held while waiting for the database
         self._lock = threading.RLock()
+        #: creating the tables: held across a transaction (on SQLite, while waiting for the write turn), so never
+        #: taken by a thread inside a transaction of its own (enqueue creates the tables in the caller's instead)
+        self._schema_lock = threading.Lock()
         self._ready = False
         self._kinds: dict[str, JobKind] | None = None
         self._thread: threading.Thread | None = None
@@ -456,7 +485,7 @@ class JobQueue:
         and refuse a database whose job schema is newer than this jitcore (:class:`ConfigError`)."""
         if self._ready:
             return
-        with self._lock:
+        with self._schema_lock:
             if self._ready:
                 return
             with self.app.engine.begin() as conn:
@@ -529,7 +558,8 @@ class JobQueue:
         events = self.settings.events
         kinds[EVENT_KIND] = JobKind(handler=_deliver_event, maxAttempts=events.maxAttempts,
                                     backoffSeconds=events.backoffSeconds,
-                                    maxBackoffSeconds=events.maxBackoffSeconds, leaseSeconds=events.leaseSeconds)
+                                    maxBackoffSeconds=events.maxBackoffSeconds, leaseSeconds=events.leaseSeconds,
+                                    timeoutSeconds=events.timeoutSeconds)
         return kinds
 
     def _kind(self, name: str) -> JobKind:
@@ -730,7 +760,8 @@ class JobQueue:
     def _execute(self, row: Any) -> str:
         """Run claimed job ``row`` and record its outcome: ``"done"``, ``"retried"`` or ``"dead"``."""
         kind = self._kind(row.kind)
-        held = self._leases.hold(row, kind.leaseSeconds)  # renewed while the handler runs
+        # renewed while the handler runs, for timeoutSeconds at most (then _timed_out)
+        held = self._leases.hold(row, kind.leaseSeconds, timeout=kind.timeoutSeconds, on_timeout=self._timed_out)
         try:
             try:
                 payload = _loads(row.payload)
@@ -770,8 +801,8 @@ class JobQueue:
         if finished == 1:
             log.debug("job %s (%s) done on attempt %d", row.id, row.kind, row.attempts)
         else:
-            log.warning("job %s (%s): attempt %d finished after its lease had been taken over; its outcome is not "
-                        "recorded", row.id, row.kind, row.attempts)
+            log.warning("job %s (%s): attempt %d finished after it was given up (its lease was taken over, or it ran "
+                        "past its timeoutSeconds); its outcome is not recorded", row.id, row.kind, row.attempts)
 
     def _failed(self, row: Any, kind: JobKind, exc: Exception) -> str:
         now = utcnow()
@@ -793,12 +824,13 @@ class JobQueue:
         with bookkeeping(self.app.engine) as conn:
             result = conn.execute(update(job_table).where(*self._fence(row)).values(**values))
             if result.rowcount != 1:
-                log.warning("job %s (%s): attempt %d failed after its lease had been taken over; its outcome is not "
-                            "recorded: %s", row.id, row.kind, row.attempts, _first_line(error))
+                log.warning("job %s (%s): attempt %d failed after it was given up (its lease was taken over, or it "
+                            "ran past its timeoutSeconds); its outcome is not recorded: %s", row.id, row.kind,
+                            row.attempts, _first_line(error))
                 return outcome
             if outcome == "dead":
                 self._schedule_next(conn, row.kind, kind, row.dedupeKey, now)
-        crash = None if retry_later or isinstance(exc, _NoHandler) else exc
+        crash = None if retry_later or isinstance(exc, (_NoHandler, JobTimedOut)) else exc
         if outcome == "dead":
             log.error("job %s (%s) is dead after %d attempts: %s", row.id, row.kind, row.attempts,
                       _first_line(error), exc_info=crash)
@@ -809,6 +841,32 @@ class JobQueue:
             log.warning("job %s (%s) attempt %d/%d failed; trying again at %s", row.id, row.kind, row.attempts,
                         kind.maxAttempts, values["dueAt"].isoformat(timespec="seconds"), exc_info=crash)
         return outcome
+
+    def _timed_out(self, held: Held) -> None:
+        """The lease keeper's call for an attempt that ran past its kind's ``timeoutSeconds`` (see
+        :attr:`JobKind.timeoutSeconds`): a runner thread stuck in it is replaced first (so this process goes on with
+        its other jobs even if the database cannot be written now), then the attempt is recorded failed (fenced: a
+        handler that returned meanwhile keeps its outcome)."""
+        row, kind = held.row, self._kind(held.row.kind)
+        replaced = self._replace_runner(held.thread)
+        where = _stack_of(held.thread)
+        log.error("job %s (%s): attempt %d still runs after %g s (timeoutSeconds) in thread %s; it is given up%s%s",
+                  row.id, row.kind, row.attempts, kind.timeoutSeconds, held.thread.name,
+                  " and a new runner thread takes over" if replaced else "", f"\n{where}" if where else "")
+        message = (f"still running after {kind.timeoutSeconds:g} s (timeoutSeconds): given up; should its handler "
+                   f"ever return, its outcome is not recorded")
+        self._failed(row, kind, JobTimedOut(message + (f"\n\nwhere it was:\n{where}" if where else "")))
+
+    def _replace_runner(self, stuck: threading.Thread) -> bool:
+        """If ``stuck`` is this process's runner thread, let it end once its job returns and start another now.
+        True if it was."""
+        with self._lock:
+            if stuck is not self._thread or self._stop_event is None:
+                return False
+            self._stop_event.set()
+            self._thread = self._stop_event = None
+        self.start()
+        return True
 
     def _release(self, row: Any) -> None:
         """Give back a claimed job this thread will not start (the attempt is not counted)."""

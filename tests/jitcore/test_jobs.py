@@ -90,6 +90,10 @@ def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
         JobKind(handler=lambda app, payload, job: None, every=0)
     with pytest.raises(ValueError):
         JobKind(handler=lambda app, payload, job: None, maxAttempts=0)
+    with pytest.raises(ValueError, match="timeoutSeconds"):
+        JobKind(handler=lambda app, payload, job: None, timeoutSeconds=0)
+    assert JobKind(handler=lambda app, payload, job: None).timeoutSeconds == 900.0
+    assert JobKind(handler=lambda app, payload, job: None, timeoutSeconds=None).timeoutSeconds is None
 
 
 # -- enqueue ----------------------------------------------------------------------------------------------------------
@@ -288,7 +292,9 @@ def test_a_job_that_outlives_its_lease_keeps_it_while_it_runs(make_jobs_app: Any
     leases = []
     while first_run.is_alive():  # another runner keeps looking: the job is never due for it
         assert app.jobs.run_until_idle() == jitcore.RunSummary(0, 0, 0)
-        leases.append(job(app, job_id)["leaseUntil"])
+        lease = job(app, job_id)["leaseUntil"]
+        if lease is not None:  # (None: done, its thread not yet ended)
+            leases.append(lease)
         time.sleep(0.05)
     first_run.join()
     finished = job(app, job_id)
@@ -320,6 +326,104 @@ def test_finishing_is_fenced_once_a_lease_was_taken_over(make_jobs_app: Any) -> 
     # the late failure of attempt 1 did not overwrite attempt 2's outcome
     assert job(app, job_id)["state"] == "done" and job(app, job_id)["attempts"] == 2
     assert len(records(app.root, kind="test.overrun", attempt=2, outcome="finished")) == 1
+
+
+# -- time limits ------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def hang_release() -> Any:
+    """The event a hanging ``test.hang`` attempt waits for: cleared for the test, set after it (no thread is left
+    hanging)."""
+    from tests.jitcore.jobs_support.jobs_plugin import HANG_RELEASE
+
+    HANG_RELEASE.clear()
+    yield HANG_RELEASE
+    HANG_RELEASE.set()
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}"
+        time.sleep(0.02)
+
+
+def test_a_hung_attempt_is_given_up_after_its_timeout_and_a_new_runner_takes_over(
+        make_jobs_app: Any, database: str | None, hang_release: threading.Event,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A handler that never returns does not hold its job, nor the jobs queued behind it in its process, for ever:
+    past timeoutSeconds its attempt is recorded failed (with where it hung), the runner thread stuck in it is
+    replaced, the job runs again, and the hung attempt's late outcome is not recorded."""
+    app = make_jobs_app(database)
+    caplog.set_level(logging.INFO, logger="jitcore.jobs")
+    app.jobs.start()
+    stuck = app.jobs._thread
+    assert stuck is not None
+    hung = enqueue(app, "test.hang")  # timeoutSeconds 0.5, no backoff
+    app.jobs.wake()
+    wait_until(lambda: records(app.root, kind="test.hang", attempt=1, outcome="started"), "attempt 1 to start")
+    queued = enqueue(app, "test.record", {"n": 1})  # behind the hung attempt, in this process's one runner
+    app.jobs.wake()
+    wait_until(lambda: job(app, queued)["state"] == "done", "a new runner thread to run the queued job")
+    wait_until(lambda: job(app, hung)["state"] == "done", "attempt 2 of the hung job")
+    assert stuck.is_alive() and app.jobs._thread is not stuck and app.jobs.running
+    second = records(app.root, kind="test.hang", attempt=2, outcome="started")
+    assert len(second) == 1
+    error = job(app, hung)["lastError"]
+    assert second[0]["lastError"] == error
+    assert error.startswith("JobTimedOut: still running after 0.5 s (timeoutSeconds): given up;")
+    assert "where it was:" in error and "in hang" in error and "HANG_RELEASE.wait(30)" in error
+    assert f"job {hung} (test.hang): attempt 1 still runs after 0.5 s (timeoutSeconds) in thread" in caplog.text
+    assert "a new runner thread takes over" in caplog.text
+    assert not records(app.root, kind="test.hang", attempt=1, outcome="finished")
+    hang_release.set()  # the hung handler returns at last: its old runner thread ends, its outcome is not recorded
+    stuck.join(timeout=10)
+    assert not stuck.is_alive()
+    assert records(app.root, kind="test.hang", attempt=1, outcome="finished")
+    finished = job(app, hung)
+    assert (finished["state"], finished["attempts"]) == ("done", 2)
+    assert f"job {hung} (test.hang): attempt 1 finished after it was given up" in caplog.text
+    assert app.jobs.running and app.jobs._leases.holding() == 0
+
+
+def test_a_runner_starting_while_the_first_enqueue_holds_sqlites_write_turn_does_not_deadlock(
+        make_jobs_app: Any) -> None:
+    """The runner's first step creates the tables (in a transaction: it waits for SQLite's write turn) while a
+    transaction holding the turn enqueues the process's first job (which collects the kinds): the two must not wait
+    on each other's lock."""
+    app = make_jobs_app()
+    done = threading.Event()
+
+    def first_enqueue() -> None:
+        with app.engine.begin() as conn:  # holds the write turn
+            app.jobs.start()
+            time.sleep(0.3)  # the runner is creating the tables: it waits for the turn
+            app.jobs.enqueue(conn, "test.record", {"n": 1})
+        done.set()
+
+    caller = threading.Thread(target=first_enqueue, daemon=True)
+    caller.start()
+    assert done.wait(20), "the first enqueue and the starting runner wait on each other"
+    wait_until(lambda: [j["state"] for j in app.jobs.list()] == ["done"], "the runner to run the job")
+
+
+def test_a_hung_attempt_run_right_after_its_commit_frees_its_job(make_jobs_app: Any,
+                                                                 hang_release: threading.Event) -> None:
+    """run_now runs a job's first attempt in the caller's thread (a request's): if it hangs, the thread stays stuck
+    (Python cannot stop it) but the job is given up after timeoutSeconds and any runner takes it."""
+    app = make_jobs_app()
+    hung = enqueue(app, "test.hang")
+    caller = threading.Thread(target=app.jobs.run_now, args=([hung],), daemon=True)
+    caller.start()
+    wait_until(lambda: records(app.root, kind="test.hang", attempt=1, outcome="started"), "attempt 1 to start")
+    wait_until(lambda: job(app, hung)["state"] == "due", "the hung attempt to be given up")
+    assert "JobTimedOut" in job(app, hung)["lastError"] and job(app, hung)["attempts"] == 1
+    assert caller.is_alive()
+    assert app.jobs.run_until_idle() == jitcore.RunSummary(1, 0, 0)
+    hang_release.set()
+    caller.join(timeout=10)
+    assert not caller.is_alive()
+    assert (job(app, hung)["state"], job(app, hung)["attempts"]) == ("done", 2)
+    assert [r["attempt"] for r in records(app.root, kind="test.hang", outcome="finished")] == [2, 1]
 
 
 # -- kinds ------------------------------------------------------------------------------------------------------------
@@ -500,4 +604,13 @@ def test_the_jobs_block_of_the_app_yaml_is_strict(tmp_path: Path) -> None:
     assert app.model.jobs.runner is False and app.model.jobs.pollSeconds == 1.0
     event_kind = app.jobs.kinds()[EVENT_KIND]
     assert (event_kind.maxAttempts, event_kind.leaseSeconds, event_kind.backoffSeconds) == (3, 20, 5.0)
+    assert event_kind.timeoutSeconds == 900.0
     app.close()
+    for given, expected in (("60", 60.0), ("null", None)):
+        path.write_text(f"appId: t\njobs:\n  events: {{timeoutSeconds: {given}}}\n")
+        app = jitcore.load_app(path)
+        assert app.jobs.kinds()[EVENT_KIND].timeoutSeconds == expected
+        app.close()
+    path.write_text("appId: t\njobs:\n  events: {timeoutSeconds: 0}\n")
+    with pytest.raises(ConfigError, match="jobs.events.timeoutSeconds"):
+        jitcore.load_app(path)

@@ -111,3 +111,40 @@ def test_close_ends_the_thread_and_nothing_is_renewed_after_it() -> None:
     keeper.hold(row(2), 0.15)  # a closed keeper starts no thread
     time.sleep(0.2)
     assert len(renewals.calls) == count
+
+
+def test_an_attempt_past_its_time_limit_is_handed_over_once_and_no_longer_renewed() -> None:
+    renewals = Renewals()
+    keeper = LeaseKeeper(renewals, name="test-leases")
+    timed_out: list[Any] = []
+    try:
+        quick = keeper.hold(row(2), 0.3, timeout=0.2, on_timeout=timed_out.append)
+        keeper.release(quick)  # released in time: never handed over
+        held = keeper.hold(row(1), 0.3, timeout=0.25, on_timeout=timed_out.append)
+        wait_for(lambda: timed_out)
+        assert timed_out == [held] and held.thread is threading.current_thread()
+        assert keeper.holding() == 0
+        count = len(renewals.calls)
+        time.sleep(0.35)
+        assert len(renewals.calls) == count and timed_out == [held]
+        keeper.release(held)  # the handler returns late: nothing to release
+        assert all(job_id == 1 for job_id, _s, _at in renewals.calls)
+    finally:
+        keeper.close()
+
+
+def test_a_failing_time_out_call_is_logged_and_the_keeper_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    renewals = Renewals()
+    keeper = LeaseKeeper(renewals, name="test-leases")
+
+    def broken(held: Any) -> None:
+        raise OSError("database unreachable")
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="jitcore.jobs"):
+            keeper.hold(row(4), 0.3, timeout=0.05, on_timeout=broken)
+            wait_for(lambda: "giving up attempt 1 after its time limit failed" in caplog.text)
+        keeper.hold(row(5), 0.15)
+        wait_for(lambda: any(job_id == 5 for job_id, _s, _at in renewals.calls))
+    finally:
+        keeper.close()

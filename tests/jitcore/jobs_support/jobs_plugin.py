@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from typing import Any
 
@@ -103,6 +104,19 @@ def overrun(app: Any, payload: dict, job: Any) -> None:
     record(app, kind=job.kind, id=job.id, attempt=job.attempt, outcome="finished")
 
 
+#: what a hanging first attempt of ``test.hang`` waits for (set by the test that is done with it)
+HANG_RELEASE = threading.Event()
+
+
+def hang(app: Any, payload: dict, job: Any) -> None:
+    """Attempt 1 hangs until :data:`HANG_RELEASE` is set (30 s at most), then returns; later attempts return at
+    once. Records every start and every finish."""
+    record(app, kind=job.kind, id=job.id, attempt=job.attempt, outcome="started", lastError=job.lastError)
+    if job.attempt == 1:
+        HANG_RELEASE.wait(30)
+    record(app, kind=job.kind, id=job.id, attempt=job.attempt, outcome="finished")
+
+
 def slow(app: Any, payload: dict, job: Any) -> None:
     record(app, kind=job.kind, id=job.id, attempt=job.attempt, outcome="started")
     time.sleep(payload["sleep"])
@@ -146,6 +160,7 @@ def jit_job_handlers(app: Any) -> dict[str, Any]:
         "test.block": JobKind(handler=block, maxAttempts=3, leaseSeconds=1),
         "test.block_once": JobKind(handler=block, maxAttempts=1, leaseSeconds=1),
         "test.overrun": JobKind(handler=overrun, leaseSeconds=0.3, backoffSeconds=0),
+        "test.hang": JobKind(handler=hang, timeoutSeconds=0.5, backoffSeconds=0, maxAttempts=3),
         "test.slow": slow,
         "test.slow_leased": JobKind(handler=slow, leaseSeconds=0.3),
         "test.marker": marker,
