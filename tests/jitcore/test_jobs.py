@@ -426,6 +426,21 @@ def test_a_hung_attempt_run_right_after_its_commit_frees_its_job(make_jobs_app: 
     assert [r["attempt"] for r in records(app.root, kind="test.hang", outcome="finished")] == [2, 1]
 
 
+def test_a_last_attempt_that_times_out_ends_the_job_dead_and_frees_its_dedupe_key(
+        make_jobs_app: Any, database: str | None, hang_release: threading.Event) -> None:
+    app = make_jobs_app(database)
+    hung = enqueue(app, "test.hang_once", dedupeKey="once")  # one attempt, timeoutSeconds 0.3
+    caller = threading.Thread(target=app.jobs.run_now, args=([hung],), daemon=True)
+    caller.start()
+    wait_until(lambda: job(app, hung)["state"] == "dead", "the hung last attempt to end the job")
+    dead = job(app, hung)
+    assert dead["lastError"].startswith("JobTimedOut: still running after 0.3 s") and dead["dedupeKey"] is None
+    assert enqueue(app, "test.record", dedupeKey="once") is not None
+    hang_release.set()
+    caller.join(timeout=10)
+    assert job(app, hung)["state"] == "dead"  # the late return changes nothing
+
+
 # -- kinds ------------------------------------------------------------------------------------------------------------
 def test_the_higher_layer_wins_a_kind_and_jit_names_are_reserved(make_jobs_app: Any) -> None:
     app = make_jobs_app(plugins=[SECOND, PLUGIN])

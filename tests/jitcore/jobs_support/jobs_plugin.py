@@ -161,6 +161,7 @@ def jit_job_handlers(app: Any) -> dict[str, Any]:
         "test.block_once": JobKind(handler=block, maxAttempts=1, leaseSeconds=1),
         "test.overrun": JobKind(handler=overrun, leaseSeconds=0.3, backoffSeconds=0),
         "test.hang": JobKind(handler=hang, timeoutSeconds=0.5, backoffSeconds=0, maxAttempts=3),
+        "test.hang_once": JobKind(handler=hang, timeoutSeconds=0.3, maxAttempts=1),
         "test.slow": slow,
         "test.slow_leased": JobKind(handler=slow, leaseSeconds=0.3),
         "test.marker": marker,
