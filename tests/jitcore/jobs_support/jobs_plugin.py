@@ -109,11 +109,11 @@ HANG_RELEASE = threading.Event()
 
 
 def hang(app: Any, payload: dict, job: Any) -> None:
-    """Attempt 1 hangs until :data:`HANG_RELEASE` is set (30 s at most), then returns; later attempts return at
+    """Attempt 1 hangs until :data:`HANG_RELEASE` is set (120 s at most), then returns; later attempts return at
     once. Records every start and every finish."""
     record(app, kind=job.kind, id=job.id, attempt=job.attempt, outcome="started", lastError=job.lastError)
     if job.attempt == 1:
-        HANG_RELEASE.wait(30)
+        HANG_RELEASE.wait(120)
     record(app, kind=job.kind, id=job.id, attempt=job.attempt, outcome="finished")
 
 
