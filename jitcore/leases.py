@@ -72,6 +72,8 @@ class LeaseKeeper:
         """Keep renewing the lease of the attempt that claimed ``row`` (``seconds`` long), run by the calling thread,
         until :meth:`release`; with ``timeout``, only for that many seconds: then the renewals stop and
         ``on_timeout(held)`` is called (in the keeper's thread) unless the attempt was released first."""
+        if timeout is not None and on_timeout is None:
+            raise ValueError("a time limit needs on_timeout")
         now = time.monotonic()
         held = Held(row, seconds, now + seconds / 3, math.inf if timeout is None else now + timeout, on_timeout)
         with self._changed:
@@ -123,13 +125,10 @@ class LeaseKeeper:
                 self._renew_one(held)
 
     def _expire(self, held: Held) -> None:
-        row = held.row
-        if held.on_timeout is None:
-            log.error("job %s (%s): attempt %d ran past its time limit; its lease is no longer renewed", row.id,
-                      row.kind, row.attempts)
-            return
+        row, on_timeout = held.row, held.on_timeout
+        assert on_timeout is not None  # hold() gives every time limit its callback
         try:
-            held.on_timeout(held)
+            on_timeout(held)
         except Exception:
             log.exception("job %s (%s): giving up attempt %d after its time limit failed; its lease is no longer "
                           "renewed and expires", row.id, row.kind, row.attempts)

@@ -21,6 +21,7 @@ import jitcore
 from jitcore import ConfigError, JobKind
 from jitcore.jobs import EVENT_KIND, decode_value, encode_value, job_table, schema_table
 from tests.jitcore.jobs_support import PLAIN, PLUGIN, RESERVED, SECOND, make_due, records, write_app
+from tests.support.live import wait_for
 
 UTC8 = timezone(timedelta(hours=8))
 
@@ -340,13 +341,6 @@ def hang_release() -> Any:
     HANG_RELEASE.set()
 
 
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {timeout:g} s for {what}"
-        time.sleep(0.02)
-
-
 def test_a_hung_attempt_is_given_up_after_its_timeout_and_a_new_runner_takes_over(
         make_jobs_app: Any, database: str | None, hang_release: threading.Event,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -360,11 +354,11 @@ def test_a_hung_attempt_is_given_up_after_its_timeout_and_a_new_runner_takes_ove
     assert stuck is not None
     hung = enqueue(app, "test.hang")  # timeoutSeconds 0.5, no backoff
     app.jobs.wake()
-    wait_until(lambda: records(app.root, kind="test.hang", attempt=1, outcome="started"), "attempt 1 to start")
+    wait_for(lambda: records(app.root, kind="test.hang", attempt=1, outcome="started"), timeout=20)
     queued = enqueue(app, "test.record", {"n": 1})  # behind the hung attempt, in this process's one runner
     app.jobs.wake()
-    wait_until(lambda: job(app, queued)["state"] == "done", "a new runner thread to run the queued job")
-    wait_until(lambda: job(app, hung)["state"] == "done", "attempt 2 of the hung job")
+    wait_for(lambda: job(app, queued)["state"] == "done", timeout=20)
+    wait_for(lambda: job(app, hung)["state"] == "done", timeout=20)
     assert stuck.is_alive() and app.jobs._thread is not stuck and app.jobs.running
     second = records(app.root, kind="test.hang", attempt=2, outcome="started")
     assert len(second) == 1
@@ -403,7 +397,7 @@ def test_a_runner_starting_while_the_first_enqueue_holds_sqlites_write_turn_does
     caller = threading.Thread(target=first_enqueue, daemon=True)
     caller.start()
     assert done.wait(20), "the first enqueue and the starting runner wait on each other"
-    wait_until(lambda: [j["state"] for j in app.jobs.list()] == ["done"], "the runner to run the job")
+    wait_for(lambda: [j["state"] for j in app.jobs.list()] == ["done"], timeout=20)
 
 
 def test_a_hung_attempt_run_right_after_its_commit_frees_its_job(make_jobs_app: Any,
@@ -414,8 +408,8 @@ def test_a_hung_attempt_run_right_after_its_commit_frees_its_job(make_jobs_app: 
     hung = enqueue(app, "test.hang")
     caller = threading.Thread(target=app.jobs.run_now, args=([hung],), daemon=True)
     caller.start()
-    wait_until(lambda: records(app.root, kind="test.hang", attempt=1, outcome="started"), "attempt 1 to start")
-    wait_until(lambda: job(app, hung)["state"] == "due", "the hung attempt to be given up")
+    wait_for(lambda: records(app.root, kind="test.hang", attempt=1, outcome="started"), timeout=20)
+    wait_for(lambda: job(app, hung)["state"] == "due", timeout=20)
     assert "JobTimedOut" in job(app, hung)["lastError"] and job(app, hung)["attempts"] == 1
     assert caller.is_alive()
     assert app.jobs.run_until_idle() == jitcore.RunSummary(1, 0, 0)
@@ -432,7 +426,7 @@ def test_a_last_attempt_that_times_out_ends_the_job_dead_and_frees_its_dedupe_ke
     hung = enqueue(app, "test.hang_once", dedupeKey="once")  # one attempt, timeoutSeconds 0.3
     caller = threading.Thread(target=app.jobs.run_now, args=([hung],), daemon=True)
     caller.start()
-    wait_until(lambda: job(app, hung)["state"] == "dead", "the hung last attempt to end the job")
+    wait_for(lambda: job(app, hung)["state"] == "dead", timeout=20)
     dead = job(app, hung)
     assert dead["lastError"].startswith("JobTimedOut: still running after 0.3 s") and dead["dedupeKey"] is None
     assert enqueue(app, "test.record", dedupeKey="once") is not None
